@@ -1,0 +1,214 @@
+"""BEExformer (SPEC §2): binarized embedding, L post-LN blocks with SLFN, one exit head per block.
+
+The L stages (block + its exit head) are one `nn.scan`, so their parameters are stacked along a
+leading axis of size L under `params["stages"]`. Full-depth training runs the scan; early-exit
+inference (`beex_jax.exits`) slices stage `i` out of the stack with a dynamic index and applies a
+single `Stage`, which is why `Embedder` and `Stage` are usable on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHeadAttention
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static model hyper-parameters (the `config.model` section, hashable for Flax/jit)."""
+
+    vocab_size: int
+    num_classes: int
+    num_layers: int = 6
+    hidden_dim: int = 128
+    num_heads: int = 4
+    slfn_dim: int = 256
+    exit_dim: int = 64
+    dropout_rate: float = 0.1
+    max_length: int = 128
+    type_vocab_size: int = 1
+    binarize: bool = True
+    slfn: bool = True
+    surrogate: str = "approx_sign"
+    scale: str = "per_channel"
+    detach_scale: bool = False
+    binarize_activations: bool = False
+    packed_weights: bool = False  # Binary leaves already hold alpha * sign(W) (exported model).
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, model_config: Any) -> ModelConfig:
+        """Builds from a `config.model` ConfigDict (or any mapping); unknown keys are an error."""
+        values = dict(model_config.items()) if hasattr(model_config, "items") else model_config
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown model config keys {unknown}; valid: {sorted(names)}.")
+        return cls(**values)
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        """The compute dtype of activations (parameters stay float32)."""
+        return jnp.dtype(self.dtype)
+
+    def dense(self) -> Any:
+        """BinaryDense with this config's binarization options bound."""
+        return functools.partial(
+            BinaryDense,
+            binarize=self.binarize,
+            surrogate=self.surrogate,
+            scale=self.scale,
+            detach_scale=self.detach_scale,
+            binarize_inputs=self.binarize_activations,
+            packed_weights=self.packed_weights,
+            dtype=self.activation_dtype,
+        )
+
+
+class Embedder(nn.Module):
+    """Binarized token embedding + learned positions (+ segments) -> dropout."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids: jax.Array, segment_ids: jax.Array, *, deterministic: bool = True
+    ) -> jax.Array:
+        cfg = self.config
+        length = input_ids.shape[1]
+        if length > cfg.max_length:
+            raise ValueError(f"Sequence length {length} exceeds max_length {cfg.max_length}.")
+        h = BinaryEmbed(
+            cfg.vocab_size,
+            cfg.hidden_dim,
+            binarize=cfg.binarize,
+            surrogate=cfg.surrogate,
+            scale=cfg.scale,
+            detach_scale=cfg.detach_scale,
+            packed_weights=cfg.packed_weights,
+            dtype=cfg.activation_dtype,
+            name="token",
+        )(input_ids)
+        positions = self.param(
+            "position_embedding",
+            nn.initializers.normal(stddev=0.02),
+            (cfg.max_length, cfg.hidden_dim),
+            jnp.float32,
+        )
+        h = h + positions[None, :length].astype(h.dtype)
+        if cfg.type_vocab_size > 1:
+            segments = nn.Embed(
+                cfg.type_vocab_size,
+                cfg.hidden_dim,
+                embedding_init=nn.initializers.normal(stddev=0.02),
+                name="segment",
+            )(segment_ids)
+            h = h + segments.astype(h.dtype)
+        return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Post-LN transformer block: attention, then SLFN (or the FFN ablation)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        dense = cfg.dense()
+        dtype = cfg.activation_dtype
+        a = MultiHeadAttention(cfg.num_heads, dense, dtype=dtype, name="attention")(h, mask)
+        a = nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)
+        h = nn.LayerNorm(dtype=dtype, name="attention_norm")(h + a)
+        if cfg.slfn:
+            s = SLFN(cfg.slfn_dim, dense, name="slfn")(h)
+        else:
+            s = FeedForward(4 * cfg.hidden_dim, dense, name="ffn")(h)
+        s = nn.Dropout(cfg.dropout_rate)(s, deterministic=deterministic)
+        return nn.LayerNorm(dtype=dtype, name="slfn_norm")(h + s)
+
+
+def masked_mean(h: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the non-pad positions of `h` [B, T, d] -> [B, d]."""
+    weights = mask.astype(h.dtype)[..., None]
+    return jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)
+
+
+class ExitHead(nn.Module):
+    """Masked mean pool -> binarized Dense(exit_dim) -> ReLU -> float Dense(num_classes)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg = self.config
+        pooled = masked_mean(h, mask)
+        hidden = nn.relu(cfg.dense()(cfg.exit_dim, name="hidden")(pooled))
+        logits = nn.Dense(cfg.num_classes, dtype=cfg.activation_dtype, name="logits")(hidden)
+        return logits.astype(jnp.float32)
+
+
+class Stage(nn.Module):
+    """One block and the exit head after it: h -> (h', logits)."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = Block(self.config, name="block")(h, mask, deterministic=self.deterministic)
+        return h, ExitHead(self.config, name="exit")(h, mask)
+
+
+class BEExformer(nn.Module):
+    """Token ids -> logits of every exit, shape [num_layers, batch, num_classes]."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        mask: jax.Array,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        cfg = self.config
+        chex.assert_rank([input_ids, segment_ids, mask], 2)
+        chex.assert_equal_shape([input_ids, segment_ids, mask])
+        h = Embedder(cfg, name="embed")(input_ids, segment_ids, deterministic=deterministic)
+        stages = nn.scan(
+            Stage,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast,
+            length=cfg.num_layers,
+        )
+        _, logits = stages(cfg, deterministic, name="stages")(h, mask)
+        chex.assert_shape(logits, (cfg.num_layers, input_ids.shape[0], cfg.num_classes))
+        return logits
+
+
+def stage_params(params: Params, index: jax.Array | int) -> Params:
+    """Parameters of stage `index` (0-based, may be traced) sliced out of the stacked scan."""
+    return jax.tree.map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, index, axis=0, keepdims=False),
+        params["stages"],
+    )
+
+
+def init_params(config: ModelConfig, rng: jax.Array, length: int | None = None) -> Params:
+    """Initial parameters (the `params` collection) for batches of `length` tokens."""
+    length = length or min(config.max_length, 16)
+    ids = jnp.zeros((1, length), jnp.int32)
+    return BEExformer(config).init(rng, ids, ids, jnp.ones_like(ids))["params"]

@@ -1,0 +1,140 @@
+"""BEExformer on one GLUE task, trained from scratch.
+
+Run (offline, from a local GLUE folder):
+
+  python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2 \
+      --config.data.glue_dir=../shared/data/glue
+
+Variants are `key=value` pairs after the colon, comma separated:
+  task=sst2|cola|mrpc|rte|stsb|wnli|qnli|qqp|mnli   the GLUE task
+  size=tiny|small|base                               model size (SPEC §2); small is the default
+Any field can then be overridden, e.g. `--config.model.num_layers=4 --config.exit.delta=0.2`.
+
+Measured results for each task live in experiments/results/README.md.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Tasks whose inputs are sentence pairs; the rest are single sentences.
+PAIR_TASKS = ("mrpc", "rte", "stsb", "wnli", "qnli", "qqp", "mnli")
+NUM_CLASSES = {
+    "sst2": 2,
+    "cola": 2,
+    "mrpc": 2,
+    "rte": 2,
+    "stsb": 1,
+    "wnli": 2,
+    "qnli": 2,
+    "qqp": 2,
+    "mnli": 3,
+}
+SIZES = {
+    # num_layers, hidden_dim, num_heads, slfn_dim, exit_dim
+    "tiny": (3, 32, 2, 64, 16),
+    "small": (6, 128, 4, 256, 64),
+    "base": (6, 256, 4, 512, 64),
+}
+
+
+def parse_arg(arg: str) -> dict[str, str]:
+    """Parses `k=v,k=v` config variant strings."""
+    out: dict[str, str] = {}
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"Config variant {item!r} is not of the form key=value.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Returns the config for `task=...,size=...`."""
+    args = parse_arg(arg)
+    unknown = set(args) - {"task", "size"}
+    if unknown:
+        raise ValueError(f"Unknown config variant keys {sorted(unknown)}; valid: task, size.")
+    task = args.get("task", "sst2")
+    if task not in NUM_CLASSES:
+        raise ValueError(f"Unknown GLUE task {task!r}; valid: {sorted(NUM_CLASSES)}.")
+    size = args.get("size", "small")
+    if size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}; valid: {sorted(SIZES)}.")
+    num_layers, hidden_dim, num_heads, slfn_dim, exit_dim = SIZES[size]
+    is_pair = task in PAIR_TASKS
+
+    config = ml_collections.ConfigDict()
+    config.task = task  # GLUE task name (TFDS's `glue/<task>` config name).
+    config.seed = 0  # Seeds parameter init, dropout and data shuffling.
+
+    config.data = ml_collections.ConfigDict()
+    # Local GLUE folder (TASK/train.tsv, ...); None: TFDS downloads the original archives.
+    config.data.glue_dir = ml_collections.FieldReference(None, field_type=str)
+    # Folder already holding the original GLUE .zip archives (TFDS manual_dir).
+    config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+    # Where the prepared array_record files and the learned vocabulary go.
+    config.data.tfds_dir = "~/tensorflow_datasets"
+    # WordPiece vocabulary file (e.g. BERT uncased); None learns one from the train split.
+    config.data.vocab_file = ml_collections.FieldReference(None, field_type=str)
+    config.data.vocab_size = 16000  # Size of the learned vocabulary.
+    config.data.max_length = 128 if is_pair else 64  # Tokens per example, [CLS]/[SEP] included.
+    config.data.bucket_boundaries = (16, 32, 64, 128)  # Batches are padded to the next of these.
+    config.data.max_train_examples = -1  # Use only the first N train examples (-1: all).
+    config.data.max_eval_examples = -1  # Use only the first N dev examples (-1: all).
+
+    config.model = ml_collections.ConfigDict()
+    config.model.num_layers = num_layers  # Blocks, each followed by an exit head.
+    config.model.hidden_dim = hidden_dim  # d.
+    config.model.num_heads = num_heads  # Attention heads.
+    config.model.slfn_dim = slfn_dim  # d_slfn, the SLFN inner width (FFN ablation uses 4d).
+    config.model.exit_dim = exit_dim  # Hidden width of each exit head.
+    config.model.dropout_rate = 0.1  # Dropout after embeddings, attention and SLFN.
+    config.model.max_length = config.data.get_ref("max_length")  # Learned positions.
+    config.model.vocab_size = config.data.get_ref("vocab_size")  # Set from the tokenizer.
+    config.model.type_vocab_size = 2 if is_pair else 1  # Segment ids.
+    config.model.num_classes = NUM_CLASSES[task]  # 1 means regression (STS-B).
+    config.model.binarize = True  # False: the full-precision counterpart, same parameter tree.
+    config.model.slfn = True  # False: plain binarized FFN (d -> 4d -> d, GELU) ablation.
+    config.model.surrogate = "approx_sign"  # approx_sign | ste_clip | identity.
+    config.model.scale = "per_channel"  # per_channel | per_tensor | none.
+    config.model.detach_scale = False  # Stop the gradient through alpha.
+    config.model.binarize_activations = False  # W1A1 inputs to binarized dense layers.
+    config.model.dtype = "float32"  # Activation dtype (bfloat16 on TPU/GPU); params stay float32.
+
+    config.exit = ml_collections.ConfigDict()
+    config.exit.policy = "entropy_reduction"  # entropy_reduction | entropy_threshold | patience.
+    config.exit.delta = 0.1  # Exit when the fractional entropy reduction falls below this.
+    config.exit.min_exit_block = 2  # 1-based; nobody exits before this block.
+    config.exit.answer_from = "current"  # current | previous block's logits at the exit.
+    config.exit.entropy_threshold = 0.3  # DeeBERT baseline: exit when H_i < threshold.
+    config.exit.patience = 2  # PABEE baseline: exit after this many agreeing exits.
+    config.exit.chunk_size = 32  # Early-exit inference runs the active prefix in such chunks.
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = "soft_routing"  # soft_routing | mean | weighted.
+    config.loss.tau = 0.1  # Temperature of the soft exit decision.
+    config.loss.lam = 1.0  # Weight of the mean-over-exits term.
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 1e-3  # Peak learning rate.
+    config.optim.warmup_fraction = 0.06  # Linear warm-up, then cosine decay.
+    config.optim.weight_decay = 0.01  # AdamW decay (not on latent binary weights, biases, norms).
+    config.optim.grad_clip_norm = 1.0  # Global-norm clipping.
+    config.optim.clip_latent = True  # Clip latent binary weights to [-1, 1] after each update.
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+
+    config.batch_size = 32  # Global training batch.
+    config.eval_batch_size = 128  # Global evaluation batch.
+    config.num_epochs = 10  # Training epochs.
+    config.num_train_steps = -1  # Stop after this many steps (-1: num_epochs).
+    config.eval_every_steps = -1  # Evaluate on dev this often (-1: once per epoch).
+    config.checkpoint_every_steps = 500  # Save a checkpoint this often, and at the end.
+    config.keep_checkpoints = 2  # Most recent checkpoints kept (plus the best).
+    config.log_every_steps = 50  # Training metrics cadence.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.model_parallelism = 1  # Size of the `model` mesh axis; `data` takes the rest.
+    config.distributed = False  # Call jax.distributed.initialize() (multi-host).
+    return config.lock()
