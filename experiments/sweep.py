@@ -1,0 +1,146 @@
+"""Runs a sweep of training runs one after another (resumable) and tabulates their results.
+
+  python experiments/sweep.py --sweep=reproduction --root=runs/sweeps \
+      --glue_dir=../shared/data/glue [--only=sst2-binary,rte-float] [--collect_only]
+
+Each run is `python -m beex_jax.main` in its own workdir `<root>/<sweep>/<run>`; a run whose
+`summary.json` exists is done and skipped, an interrupted one resumes from its checkpoint. The table
+(Markdown and CSV, plus the rows as JSON) goes to experiments/results/<sweep>.{md,csv,json}.
+Reported dev figures are those of the evaluation with the best early-exit score (the checkpoint
+the recipe keeps), read from the run's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from beex_jax import metrics  # noqa: E402
+from configs import sweeps  # noqa: E402
+
+_SWEEP = flags.DEFINE_enum("sweep", "reproduction", sorted(sweeps.SWEEPS), "Which sweep.")
+_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full"], "Per-task training budget.")
+_ROOT = flags.DEFINE_string("root", "runs/sweeps", "Workdirs go to <root>/<sweep>/<run>.")
+_GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")
+_TFDS_DIR = flags.DEFINE_string("tfds_dir", "runs/tfds", "Prepared data (shared by runs).")
+_ONLY = flags.DEFINE_list("only", [], "Run only these run names.")
+_COLLECT_ONLY = flags.DEFINE_bool("collect_only", False, "Only tabulate finished runs.")
+_RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Output folder.")
+
+
+def run_command(run: sweeps.Run, workdir: Path) -> list[str]:
+    """The training command line of one run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "beex_jax.main",
+        f"--config={REPO / 'configs/glue.py'}:{run.variant}",
+        f"--workdir={workdir}",
+        f"--config.data.glue_dir={_GLUE_DIR.value}",
+        f"--config.data.tfds_dir={_TFDS_DIR.value}",
+    ]
+    return cmd + [f"--config.{key}={value}" for key, value in run.overrides]
+
+
+def train(run: sweeps.Run, workdir: Path) -> None:
+    """Runs (or resumes) one training run and records its command and wall time."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = run_command(run, workdir)
+    print(f"\n### {run.name}\n$ {shlex.join(cmd)}", flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    record_path = workdir / "run.json"
+    previous = json.loads(record_path.read_text())["wall_seconds"] if record_path.exists() else 0
+    record = {"command": shlex.join(cmd), "wall_seconds": previous + time.time() - start}
+    record_path.write_text(json.dumps(record, indent=2))
+
+
+def best_evaluation(workdir: Path, task: str) -> dict[str, Any]:
+    """The dev evaluation record with the best early-exit primary metric (first dev split)."""
+    primary = metrics.primary_metric_name(task)
+    best = None
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        keys = [k for k in record if k.endswith(f"/early_exit/{primary}")]
+        if keys and (best is None or record[keys[0]] > best[keys[0]]):
+            best = record
+    if best is None:
+        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
+    return best
+
+
+def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
+    """One table row from a finished run."""
+    summary = json.loads((workdir / "summary.json").read_text())
+    config = json.loads((workdir / "config.json").read_text())
+    task, num_layers = config["task"], summary["L"]
+    primary = metrics.primary_metric_name(task)
+    best = best_evaluation(workdir, task)
+    split = next(k.split("/")[0] for k in best if k.endswith(f"/early_exit/{primary}"))
+    wall = json.loads((workdir / "run.json").read_text())["wall_seconds"]
+    return {
+        "run": run.name,
+        **dict(run.tags),
+        "overrides": " ".join(f"{k}={v}" for k, v in run.overrides),
+        "metric": primary,
+        "best_step": best["step"],
+        "early_exit": round(100 * best[f"{split}/early_exit/{primary}"], 2),
+        "last_exit": round(100 * best[f"{split}/exit_{num_layers}/{primary}"], 2),
+        "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
+        "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
+        "size_ratio": round(summary["size"]["ratio"], 2),
+        "vocab_size": summary["vocab_size"],
+        "train_minutes": round(wall / 60, 1),
+        "exit_histogram": best[f"{split}/exit_histogram"],
+        "workdir": str(workdir),
+    }
+
+
+def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
+    """Writes rows as Markdown, CSV and JSON next to each other."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    shown = [c for c in columns if c not in ("workdir", "exit_histogram", "overrides")]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in shown) + " |" for row in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    """Runs the sweep's missing runs, then tabulates all finished ones."""
+    del argv
+    runs = sweeps.get_sweep(_SWEEP.value, _BUDGET.value)
+    unknown = set(_ONLY.value) - {r.name for r in runs}
+    if unknown:
+        raise app.UsageError(f"Unknown runs {sorted(unknown)}; valid: {[r.name for r in runs]}.")
+    selected = [r for r in runs if not _ONLY.value or r.name in _ONLY.value]
+    root = Path(_ROOT.value) / _SWEEP.value
+    for run in [] if _COLLECT_ONLY.value else selected:
+        if not (root / run.name / "summary.json").exists():
+            train(run, root / run.name)
+    # The table holds every finished run of the sweep, also those of earlier invocations.
+    rows = [collect(r, root / r.name) for r in runs if (root / r.name / "summary.json").exists()]
+    write_table(rows, Path(_RESULTS.value) / _SWEEP.value)
+    print(Path(_RESULTS.value, _SWEEP.value).with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    app.run(main)
