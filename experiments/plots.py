@@ -1,0 +1,128 @@
+"""Plots for experiments/results: exit-policy Pareto fronts, exit histograms, training curves.
+
+  python experiments/plots.py [--policies=experiments/results/exit_policies.json] \
+      [--sweep=experiments/results/reproduction.json] [--out=experiments/results]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments/results"
+_POLICIES = flags.DEFINE_string("policies", str(RESULTS / "exit_policies.json"), "Policy JSON.")
+_SWEEP = flags.DEFINE_string("sweep", str(RESULTS / "reproduction.json"), "Sweep rows JSON.")
+_OUT = flags.DEFINE_string("out", str(RESULTS), "Output folder for PNGs.")
+LABELS = {
+    "entropy_reduction": "fractional entropy reduction (ours)",
+    "entropy_threshold": "entropy threshold (DeeBERT)",
+    "patience": "patience (PABEE)",
+}
+
+
+def _grid(count: int) -> tuple[Any, list[Any]]:
+    cols = min(count, 3)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.axis("off")
+    return fig, flat[:count]
+
+
+def plot_pareto(policies: dict[str, Any], out: Path) -> Path:
+    """Dev metric vs mean FLOPs (fraction of full depth), one curve per exit policy."""
+    models = policies["models"]
+    fig, axes = _grid(len(models))
+    for ax, model in zip(axes, models, strict=True):
+        for policy in LABELS:
+            points = sorted(
+                (p for p in model["points"] if p["policy"] == policy),
+                key=lambda p: p["flops_fraction"],
+            )
+            if points:
+                ax.plot(
+                    [100 * p["flops_fraction"] for p in points],
+                    [100 * p["metric"] for p in points],
+                    marker="o",
+                    label=LABELS[policy],
+                )
+        ax.axhline(100 * model["per_exit_metric"][-1], color="gray", ls="--", label="last exit")
+        kind = "binarized" if model["binarize"] else "full precision"
+        ax.set_title(f"{model['task']} ({kind})")
+        ax.set_xlabel("mean FLOPs, % of full depth")
+        ax.set_ylabel(f"dev {model['metric']} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pareto_exit_policies.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_histograms(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Exit-block histograms (dev, configured delta) of every run of a sweep."""
+    fig, axes = _grid(len(rows))
+    for ax, row in zip(axes, rows, strict=True):
+        hist = row["exit_histogram"]
+        ax.bar(range(1, len(hist) + 1), hist)
+        ax.set_title(f"{row['run']}: mean exit {row['mean_exit_block']}", fontsize=9)
+        ax.set_xlabel("exit block")
+    fig.tight_layout()
+    path = out / "exit_histograms.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Training loss and dev early-exit metric against step for every run of a sweep."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for row in rows:
+        records = [
+            json.loads(line)
+            for line in (Path(row["workdir"]) / "metrics.jsonl").read_text().splitlines()
+        ]
+        train = [r for r in records if "loss" in r]
+        key = next(
+            (k for r in records for k in r if k.endswith(f"/early_exit/{row['metric']}")), None
+        )
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label=row["run"])
+        if key:
+            dev = [r for r in records if key in r]
+            axes[1].plot([r["step"] for r in dev], [100 * r[key] for r in dev], marker=".")
+    axes[0].set(xlabel="step", ylabel="training loss", yscale="log")
+    axes[1].set(xlabel="step", ylabel="dev metric with early exit (%)")
+    axes[0].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str]) -> None:
+    """Draws every plot whose input exists."""
+    del argv
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(_POLICIES.value).exists():
+        print(plot_pareto(json.loads(Path(_POLICIES.value).read_text()), out))
+    if Path(_SWEEP.value).exists():
+        rows = json.loads(Path(_SWEEP.value).read_text())
+        if rows:
+            print(plot_histograms(rows, out))
+            print(plot_training_curves(rows, out))
+
+
+if __name__ == "__main__":
+    app.run(main)
