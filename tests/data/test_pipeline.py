@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -118,6 +119,17 @@ def test_max_eval_examples_and_pair_task(make_config, bert_vocab_file):
     assert batch["label"].dtype == np.float32 and batch["segment_ids"].max() == 1
     batches = list(stsb.eval_batches("validation"))
     assert len(batches) == 2 and sum(b["weight"].sum() for b in batches) == 50
+
+
+def test_overlong_examples_are_truncated_and_counted(make_config, bert_vocab_file, caplog):
+    """RTE pairs longer than max_length are cut to it, and the count is logged."""
+    config = make_config("rte", vocab_file=str(bert_vocab_file), max_length=32,
+                         max_train_examples=200)
+    with caplog.at_level(logging.INFO):
+        rte = data.create_input(config, process_index=0, process_count=1)
+    assert rte._train.length.max() == 32 and rte.allowed_lengths.tolist() == [16, 32]
+    assert "rte train: truncated" in caplog.text and "of 200 examples longer than max_length=32" \
+        in caplog.text
 
 
 def test_eval_split_names():
