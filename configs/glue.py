@@ -137,4 +137,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.model_parallelism = 1  # Size of the `model` mesh axis; `data` takes the rest.
     config.distributed = False  # Call jax.distributed.initialize() (multi-host).
+    # Passed to jax.distributed.initialize; None: auto-detected (Cloud TPU, SLURM, ...).
+    config.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # host:port.
+    config.num_processes = ml_collections.FieldReference(None, field_type=int)
+    config.process_id = ml_collections.FieldReference(None, field_type=int)
     return config.lock()
