@@ -1,0 +1,95 @@
+"""The optimizer (SPEC §5): AdamW, linear warm-up then cosine decay, clipping, latent-weight care.
+
+Weight decay applies only to float matrices (dense kernels, position/segment embeddings). Latent
+binary weights get none: their magnitude is not what the forward pass uses, and decay would drag
+them towards 0, where every sign flips on noise. They are clipped to [-1, 1] after each update
+instead, which keeps the surrogate gradient `F'(W)` alive (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from beex_jax import binarize as bz
+
+Params = Any
+# Float leaves that never decay: biases and LayerNorm scales.
+NO_DECAY_NAMES = ("bias", "scale")
+
+
+def _leaf_name(path: tuple[Any, ...]) -> str:
+    return str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+
+
+def decay_mask(params: Params, *, binarized: bool = True) -> Params:
+    """True on leaves that get weight decay: weights, but not biases, norms or latent binary ones.
+
+    With `binarized=False` (the full-precision counterpart) the `binary_*` leaves are ordinary
+    float weights and decay like them.
+    """
+
+    def decays(path, _):
+        if binarized and bz.is_binary_path(path):
+            return False
+        return _leaf_name(path) not in NO_DECAY_NAMES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, num_train_steps: int
+) -> optax.Schedule:
+    """Linear warm-up over `warmup_fraction` of the steps to the peak, then cosine decay to 0."""
+    warmup_steps = round(config.optim.warmup_fraction * num_train_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.optim.learning_rate,
+        warmup_steps=warmup_steps,
+        decay_steps=max(num_train_steps, warmup_steps + 1),
+        end_value=0.0,
+    )
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, num_train_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping and [-1, 1] clipping of latent binary weights."""
+    schedule = learning_rate_schedule(config, num_train_steps)
+    parts = []
+    if config.optim.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(config.optim.grad_clip_norm))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=config.optim.b1,
+            b2=config.optim.b2,
+            weight_decay=config.optim.weight_decay,
+            mask=functools.partial(decay_mask, binarized=config.model.binarize),
+        )
+    )
+    if config.optim.clip_latent and config.model.binarize:
+        parts.append(bz.clip_latent_weights(1.0))
+    return optax.chain(*parts), schedule
+
+
+def sign_flip_fraction(old_params: Params, new_params: Params) -> jax.Array:
+    """Fraction of latent binary weights whose sign changed between two parameter trees.
+
+    The health signal of binarization-aware training: ~0 means the binary network is frozen,
+    a large value means it is thrashing. 0 when the model has no binarized leaf.
+    """
+    flips, total = jnp.zeros((), jnp.float32), 0
+    mask = bz.binary_mask(old_params)
+    for is_binary, old, new in zip(
+        jax.tree.leaves(mask), jax.tree.leaves(old_params), jax.tree.leaves(new_params), strict=True
+    ):
+        if is_binary:
+            flips += jnp.sum((old >= 0) != (new >= 0), dtype=jnp.float32)
+            total += old.size
+    return flips / max(total, 1)
