@@ -1,0 +1,222 @@
+"""Orbax checkpoints: the latest training state for resuming, the best parameters by dev metric.
+
+A workdir holds:
+  config.json    the resolved config of the run (vocab size included): enough to rebuild the model.
+  checkpoints/   the K most recent steps: `state` (params, optimizer state, step, RNG) and `data`
+                 (each process's grain iterator state: a resumed run gets exactly the next batch).
+  best/          the parameters with the best dev metric so far (one step, score in its metrics).
+
+Saving is asynchronous: arrays are copied off the devices, then written by a background thread
+while training goes on. Orbax writes each step into a temporary folder and renames it when
+complete, so a run killed mid-save resumes from the previous complete step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from beex_jax import model as model_lib
+
+PyTree = Any
+CONFIG_FILE = "config.json"
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+# Config sections that decide the shapes and meaning of the parameters.
+_MODEL_KEYS = ("task", "model")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, incomplete, or from a different model."""
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the resolved config to workdir/config.json (process 0 only)."""
+    if jax.process_index() == 0:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (from its config.json)."""
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} not found: {workdir} is not a training workdir.")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises CheckpointError if workdir was trained with a different task or model."""
+    if not (epath.Path(workdir) / CONFIG_FILE).exists():
+        return
+    saved = read_config(workdir).to_dict()
+    current = json.loads(config.to_json_best_effort())
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"
+        for key in _MODEL_KEYS
+        if saved.get(key) != current.get(key)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{workdir} holds a run with a different model; resuming it would mix them. "
+            f"Use a new --workdir, or the original config. Differences: {'; '.join(diffs)}"
+        )
+
+
+def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions, handlers: dict):
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+@dataclasses.dataclass
+class Checkpoints:
+    """The two Orbax managers of a workdir: latest training states and best parameters."""
+
+    workdir: str
+    keep: int = 2
+
+    def __post_init__(self):
+        root = epath.Path(self.workdir)
+        self.latest = _manager(
+            root / LATEST_DIR,
+            ocp.CheckpointManagerOptions(max_to_keep=self.keep, cleanup_tmp_directories=True),
+            {
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+        )
+        self.best = _manager(
+            root / BEST_DIR,
+            ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m["score"], cleanup_tmp_directories=True
+            ),
+            {"params": ocp.StandardCheckpointHandler()},
+        )
+
+    def latest_step(self) -> int | None:
+        """Step of the most recent complete training checkpoint, or None."""
+        return self.latest.latest_step()
+
+    def save(self, step: int, state: PyTree, data_iterator: Any) -> None:
+        """Starts saving the training state and the data iterator position at `step`."""
+        self.latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+            ),
+        )
+
+    def restore(self, abstract_state: PyTree, data_iterator: Any) -> tuple[PyTree, int] | None:
+        """(state, step) of the latest checkpoint, placed like `abstract_state`; None if none.
+
+        `data_iterator` is moved to the saved position in place.
+        """
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        try:
+            restored = self.latest.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ),
+            )
+        except Exception as e:  # Orbax raises many types; all mean the same thing here.
+            raise CheckpointError(
+                f"Cannot restore step {step} from {self.latest.directory}: it is corrupt or was "
+                f"written by a different model/optimizer. Delete that step folder to resume from "
+                f"an earlier one, or use a new --workdir. ({type(e).__name__}: {e})"
+            ) from e
+        return restored["state"], step
+
+    def best_score(self) -> float | None:
+        """The dev score of the best checkpoint so far, or None."""
+        step = self.best.best_step()
+        if step is None:
+            return None
+        return float(self.best.metrics(step)["score"])
+
+    def save_best(self, step: int, params: PyTree, score: float) -> bool:
+        """Saves `params` as the best if `score` beats the best so far; True if it did."""
+        best = self.best_score()
+        if (best is not None and score <= best) or step in self.best.all_steps():
+            return False
+        self.best.save(
+            step,
+            args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+            metrics={"score": float(score)},
+        )
+        return True
+
+    def wait(self) -> None:
+        """Blocks until every pending save is on disk."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases the managers."""
+        self.latest.close()
+        self.best.close()
+
+
+def abstract_params(config: ml_collections.ConfigDict) -> PyTree:
+    """Shapes and dtypes of the model's parameters for `config` (nothing is computed)."""
+    model_config = model_lib.ModelConfig.from_config(config.model)
+    return jax.eval_shape(lambda: model_lib.init_params(model_config, jax.random.PRNGKey(0)))
+
+
+def restore_params(
+    workdir: str, which: str = "best", sharding: jax.sharding.Sharding | None = None
+) -> tuple[PyTree, ml_collections.ConfigDict]:
+    """(params, config) of a trained model: its best (by dev metric) or latest checkpoint.
+
+    Parameters are placed on `sharding` (default: the first local device).
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', not {which!r}.")
+    config = read_config(workdir)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract_params(config),
+    )
+    directory = epath.Path(workdir) / (BEST_DIR if which == "best" else LATEST_DIR)
+    if not directory.exists():
+        raise CheckpointError(f"No checkpoint folder {directory}.")
+    with ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False)
+    ) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"No complete checkpoint in {directory}.")
+        if which == "best":
+            args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+        else:  # Only the params out of the full training state.
+            args = ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": target},
+                    restore_args=jax.tree.map(
+                        lambda _: ocp.ArrayRestoreArgs(sharding=sharding), {"params": target}
+                    ),
+                    partial_restore=True,
+                )
+            )
+        try:
+            restored = manager.restore(step, args=args)
+        except Exception as e:
+            raise CheckpointError(
+                f"Cannot restore the parameters of step {step} from {directory} with the model of "
+                f"{workdir}/{CONFIG_FILE}: the checkpoint is corrupt or does not match it. "
+                f"({type(e).__name__}: {e})"
+            ) from e
+    params = restored["params"] if which == "best" else restored["state"]["params"]
+    return params, config
