@@ -1,0 +1,237 @@
+"""Training end to end on a slice of real RTE (in process), and the optimizer's rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import training_runs
+from jax.experimental.compilation_cache import compilation_cache
+
+from beex_jax import checkpointing, optim, train
+from beex_jax.data import pipeline
+from configs import glue
+
+# ------------------------------------------------------------------------------------- optimizer
+
+
+def _toy_params():
+    return {
+        "dense": {"binary_kernel": jnp.full((2, 3), 0.5), "bias": jnp.full((3,), 0.5)},
+        "norm": {"scale": jnp.full((3,), 0.5)},
+        "logits": {"kernel": jnp.full((3, 2), 0.5)},
+        "token": {"binary_embedding": jnp.full((4, 3), 0.5)},
+    }
+
+
+def test_decay_mask_skips_latent_binary_weights_biases_and_norms():
+    mask = optim.decay_mask(_toy_params())
+    assert mask == {
+        "dense": {"binary_kernel": False, "bias": False},
+        "norm": {"scale": False},
+        "logits": {"kernel": True},
+        "token": {"binary_embedding": False},
+    }
+    # The full-precision counterpart decays the same leaves as ordinary weights.
+    float_mask = optim.decay_mask(_toy_params(), binarized=False)
+    assert float_mask["dense"]["binary_kernel"] and float_mask["token"]["binary_embedding"]
+
+
+def test_update_decays_only_float_weights_and_clips_latent_ones():
+    config = glue.get_config("task=rte,size=tiny")
+    config.optim.weight_decay = 0.5
+    config.optim.learning_rate = 0.1
+    config.optim.warmup_fraction = 0.0
+    tx, _ = optim.create_optimizer(config, num_train_steps=1000)
+    params = _toy_params()
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(4):  # With zero gradients only weight decay moves weights.
+        params, state = step(params, state, jax.tree.map(jnp.zeros_like, params))
+    chex.assert_trees_all_equal(params["dense"], _toy_params()["dense"])
+    chex.assert_trees_all_equal(params["token"], _toy_params()["token"])
+    assert float(params["logits"]["kernel"][0, 0]) < 0.5
+    # A gradient pushing latent weights past 1 leaves them at 1.
+    big = jax.tree.map(lambda x: -1e3 * jnp.ones_like(x), params)
+    for _ in range(20):
+        params, state = step(params, state, big)
+    assert float(jnp.max(params["dense"]["binary_kernel"])) == 1.0
+    assert float(jnp.max(params["token"]["binary_embedding"])) == 1.0
+    assert float(jnp.max(params["dense"]["bias"])) > 1.0
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    config = glue.get_config("task=rte")
+    schedule = optim.learning_rate_schedule(config, num_train_steps=100)  # 6 warm-up steps.
+    np.testing.assert_allclose(
+        [schedule(0), schedule(3), schedule(6), schedule(100)], [0, 5e-4, 1e-3, 0], atol=1e-9
+    )
+    assert 0 < schedule(50) < 1e-3
+
+
+def test_sign_flip_fraction_counts_latent_binary_weights_only():
+    old = _toy_params()
+    new = jax.tree.map(lambda x: -x, old)  # Every leaf flips sign...
+    new["token"]["binary_embedding"] = old["token"]["binary_embedding"]  # ...but the embedding.
+    # 6 of the 6 + 12 binary weights flipped; float leaves do not count.
+    np.testing.assert_allclose(optim.sign_flip_fraction(old, new), 6 / 18)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def compile_once(tmp_path_factory):
+    """A persistent compilation cache for this module: every run here compiles the same program."""
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    previous = {name: getattr(jax.config, name) for name in names}
+    compilation_cache.reset_cache()
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update(names[1], 0)
+    jax.config.update(names[2], 0)
+    yield
+    for name, value in previous.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tfds_dir, compile_once):
+    """(workdir, final state, summary) of an uninterrupted tiny run."""
+    workdir = tmp_path_factory.mktemp("trained")
+    state, summary = train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(workdir))
+    return workdir, state, summary
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_evaluates_and_logs(trained):
+    workdir, state, summary = trained
+    assert int(state.step) == training_runs.NUM_TRAIN_STEPS
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["vocab_size"] == summary["vocab_size"] <= 1000
+    records = _records(workdir)
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == list(range(1, training_runs.NUM_TRAIN_STEPS + 1))
+    for key in ("learning_rate", "grad_norm", "param_norm", "sign_flip_fraction"):
+        assert all(np.isfinite(r[key]) for r in train_records), key
+    assert 0 < train_records[0]["sign_flip_fraction"] < 0.5  # Signs do move, not all at once.
+    evals = [r for r in records if "validation/flops_saved" in r]
+    assert [r["step"] for r in evals] == [3, 6]  # eval_every_steps=3, and at the end.
+    dev = summary["dev"]["validation"]
+    assert dev["num_examples"] == 40 and sum(dev["exit_histogram"]) == 40
+    assert {"exit_1/accuracy", "exit_3/accuracy", "early_exit/accuracy"} <= set(dev)
+    assert 1 <= dev["mean_exit_block"] <= 3 and 0 <= dev["flops_saved"] < 1
+    assert summary["size"]["ratio"] > 1
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_keeps_latest_and_best_checkpoints(trained):
+    workdir, state, summary = trained
+    latest = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert latest == [4, 6]  # Every 2 steps, keep 2.
+    assert [p.name for p in (workdir / "best").iterdir() if p.name.isdigit()] == [
+        str(summary["best_step"])
+    ]
+    params, config = checkpointing.restore_params(str(workdir), which="latest")
+    chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(state.params))
+    best, _ = checkpointing.restore_params(str(workdir), which="best")
+    chex.assert_trees_all_equal_shapes(best, params)
+    assert config.task == "rte" and config.model.vocab_size == summary["vocab_size"]
+
+
+def _fail_at_batch(monkeypatch, index, make_failure):
+    """Makes global training batch `index` (0-based; it feeds step index + 1) fail or go bad."""
+    original = pipeline.GlueInput.train_batch
+
+    def train_batch(self, step, seed):
+        batch = original(self, step, seed)
+        return make_failure(batch) if step == index else batch
+
+    monkeypatch.setattr(pipeline.GlueInput, "train_batch", train_batch)
+
+
+def test_interrupted_run_resumes_bitwise(trained, tmp_path, tfds_dir, monkeypatch):
+    def interrupt(batch):
+        raise KeyboardInterrupt("simulated interruption")
+
+    _fail_at_batch(monkeypatch, 4, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(tmp_path))
+    monkeypatch.undo()
+    assert checkpointing.Checkpoints(str(tmp_path)).latest_step() == 4
+    state, _ = train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(tmp_path))
+    chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(trained[1].params))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tfds_dir, monkeypatch):
+    def poison(batch):
+        return dict(batch, weight=np.full_like(batch["weight"], np.nan))
+
+    _fail_at_batch(monkeypatch, 4, poison)  # Step 5 sees a NaN loss.
+    with pytest.raises(FloatingPointError, match=r"Non-finite .*loss.* at step 5"):
+        train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(tmp_path))
+    assert checkpointing.Checkpoints(str(tmp_path)).latest_step() == 4
+    params, _ = checkpointing.restore_params(str(tmp_path), which="latest")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
+
+
+def test_workdir_of_another_model_is_refused(trained, tfds_dir):
+    config = training_runs.tiny_config(tfds_dir, **{"model.hidden_dim": 64})
+    with pytest.raises(checkpointing.CheckpointError, match=r"different model.*hidden_dim"):
+        train.train_and_evaluate(config, str(trained[0]))
+
+
+def test_corrupt_checkpoint_gives_clear_error(trained, tmp_path, tfds_dir):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    for path in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(checkpointing.CheckpointError, match="Cannot restore step 6"):
+        train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(workdir))
+    with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
+        checkpointing.restore_params(str(workdir), which="latest")
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--config.model.num_layer=3", 'unknown config field.*Did you mean "num_layers"'),
+        ("--config.num_epochs=ten", "invalid literal for int"),
+    ],
+)
+def test_command_line_rejects_unknown_fields_and_wrong_types(flag, message, capsys, monkeypatch):
+    from beex_jax import main  # Defines the absl flags; imported only here.
+
+    argv = ["main", "--config=configs/glue.py:task=rte", "--workdir=/tmp/unused", flag]
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections finds `--config.` overrides there.
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main.parse_flags(argv)
+    finally:
+        main.flags.FLAGS.unparse_flags()
+    assert exit_info.value.code != 0
+    assert re.search(message, f"{exit_info.value.code}{capsys.readouterr()}", re.DOTALL)
