@@ -9,16 +9,8 @@ the answering exit), or `score` for STS-B; `exit_index` (0-based exit that answe
 (FLOPs spent on the example at its real length, `beex_jax.flops`) and `truncated` (the text was
 cut to max_length tokens).
 
-Files (`predict_file`, `python -m beex_jax.main --mode=predict --workdir W --input F --output O`):
-  .tsv    one or two text columns; a first line naming the task's text columns (e.g. GLUE's
-          `sentence<TAB>label`, `index<TAB>sentence1<TAB>sentence2`) is a header and picks them;
-  .jsonl  one object a line with the task's field names (`sentence`; `sentence1`/`sentence2`,
-          `question`/`sentence`, ...), or `text` / `text_a`, `text_b`;
-  other   plain text, one example a line (pairs: the two texts separated by a tab).
-The output has one JSON line per input line (a header excepted), in input order, each with the
-input's 1-based `line`. Empty lines are predicted as empty texts. A line that is not UTF-8 or not
-valid stops the run with `FILE:LINE: reason`, after writing every prediction before it; with
-`skip_bad_lines` it is logged and written as `{"line": n, "error": reason}` instead.
+Files: `predict(config, workdir, input_path=..., output_path=...)` is `--mode=predict` of
+`python -m beex_jax.main`; formats and bad-line handling are in `beex_jax.predict_files`.
 
 Texts are tokenized in chunks, sorted by length and batched; a batch is padded to one of a few
 batch sizes (powers of 4 up to batch_size) and bucket lengths (`config.data.bucket_boundaries`),
@@ -27,33 +19,50 @@ so jit compiles a handful of programs.
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tokenizers
-import tqdm
 
-from beex_jax import checkpointing, data, early_exit, export
+from beex_jax import checkpointing, data, early_exit, export, flops
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
 from beex_jax.model import ModelConfig, Params
+from beex_jax.predict_files import BadInputError, predict_file
 
+__all__ = ["MODES", "BadInputError", "Predictor", "load", "predict", "predict_file"]
 MODES = ("early_exit", "full_depth")
-FORMATS = ("auto", "tsv", "jsonl", "text")
-_EXTENSIONS = {".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-_ALIASES = {1: (("text",),), 2: (("sentence1", "sentence2"), ("text_a", "text_b"))}
 
 
-class BadInputError(ValueError):
-    """A line of an input file that cannot be read as an example."""
+@functools.partial(jax.jit, static_argnames="model_config")
+def last_exit_forward(
+    params: Params,
+    input_ids: jax.Array,
+    segment_ids: jax.Array,
+    mask: jax.Array,
+    *,
+    model_config: ModelConfig,
+) -> dict[str, jax.Array]:
+    """No early exit: every block on every example, answered by the last exit."""
+    logits = early_exit.full_depth_logits(
+        params, input_ids, segment_ids, mask, model_config=model_config
+    )[-1]
+    lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
+    last = jnp.full(lengths.shape, model_config.num_layers - 1, jnp.int32)
+    return {
+        "logits": logits,
+        "prediction": ex.prediction(logits),
+        "exit_index": last,
+        "last_block": last,
+        "flops": flops.full_depth_flops(model_config, lengths),
+    }
 
 
 def batch_sizes(batch_size: int) -> tuple[int, ...]:
@@ -124,12 +133,20 @@ class Predictor:
     def run_batch(
         self, input_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """The jitted forward pass (early exit or full depth) on one padded batch."""
-        args = (self.params, input_ids, segment_ids, mask, self.exit_config)
+        """The jitted forward pass on one padded batch: early exit, or every block (full depth)."""
         if self.mode == "early_exit":
-            out, _ = early_exit.early_exit_forward(*args, model_config=self.model_config)
+            out, _ = early_exit.early_exit_forward(
+                self.params,
+                input_ids,
+                segment_ids,
+                mask,
+                self.exit_config,
+                model_config=self.model_config,
+            )
         else:
-            out = early_exit.full_depth_forward(*args, model_config=self.model_config)
+            out = last_exit_forward(
+                self.params, input_ids, segment_ids, mask, model_config=self.model_config
+            )
         return jax.device_get(out)
 
     def batches(self, encoded: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, dict]]:
@@ -224,199 +241,6 @@ def load(
     return Predictor(
         params, config, tokenizer, mode=mode, batch_size=batch_size, delta=delta, source=path
     )
-
-
-# ----------------------------------------------------------------------------- input files
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """The texts of one input line."""
-
-    line: int
-    texts: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class BadLine:
-    """An input line that is not an example, and why."""
-
-    line: int
-    reason: str
-
-
-def _lines(path: str) -> Iterator[tuple[int, str | None, str]]:
-    """(1-based line number, decoded line or None, reason) of a file, read as UTF-8."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            raw = raw.rstrip(b"\n").rstrip(b"\r")
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # UTF-8 byte order mark.
-            try:
-                yield number, raw.decode("utf-8"), ""
-            except UnicodeDecodeError as e:
-                yield number, None, f"not valid UTF-8 (byte {e.start}: {e.reason})"
-
-
-def _column_names(predictor: Predictor) -> list[tuple[str, ...]]:
-    """Accepted names of each text field: feature name, GLUE column header, generic aliases."""
-    names = [[f, c] for f, c in zip(predictor.text_fields, predictor.text_columns, strict=True)]
-    for alias in _ALIASES[len(names)]:
-        for field_names, name in zip(names, alias, strict=True):
-            field_names.append(name)
-    return [tuple(dict.fromkeys(n.lower() for n in field_names)) for field_names in names]
-
-
-def _header_columns(cells: list[str], names: list[tuple[str, ...]]) -> list[int] | None:
-    """Column index of each text field if `cells` is a header naming them all, else None."""
-    lowered = [cell.strip().lower() for cell in cells]
-    found = [next((lowered.index(n) for n in field if n in lowered), None) for field in names]
-    return None if None in found else found
-
-
-def read_examples(
-    path: str, predictor: Predictor, input_format: str = "auto"
-) -> Iterator[Example | BadLine]:
-    """Examples of an input file (TSV, JSONL or plain text), in order; see the module doc."""
-    if input_format not in FORMATS:
-        raise ValueError(f"Unknown input format {input_format!r}; valid: {FORMATS}.")
-    if input_format == "auto":
-        input_format = _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "text")
-    names = _column_names(predictor)
-    width = len(names)
-    columns = None  # TSV: column of each text field, from the header.
-    for number, line, reason in _lines(path):
-        if line is None:
-            yield BadLine(number, reason)
-        elif not line.strip():
-            yield Example(number, ("",) * width)
-        elif input_format == "jsonl":
-            yield _json_example(number, line, names)
-        elif input_format == "text" and width == 1:
-            yield Example(number, (line,))
-        else:
-            cells = line.split("\t")
-            if input_format == "tsv" and number == 1:
-                columns = _header_columns(cells, names)
-                if columns is not None:
-                    continue
-            if columns is not None:
-                if len(cells) <= max(columns):
-                    yield BadLine(number, f"{len(cells)} columns, the header has more")
-                else:
-                    yield Example(number, tuple(cells[c] for c in columns))
-            elif len(cells) != width:
-                yield BadLine(
-                    number,
-                    f"{len(cells)} tab-separated columns; a {predictor.task} "
-                    f"example has {width} text column(s)",
-                )
-            else:
-                yield Example(number, tuple(cells))
-
-
-def _json_example(number: int, line: str, names: list[tuple[str, ...]]) -> Example | BadLine:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        return BadLine(number, f"malformed JSON ({e.msg} at column {e.colno})")
-    if not isinstance(record, dict):
-        return BadLine(number, f"a JSON {type(record).__name__}, not an object")
-    lowered = {str(k).lower(): v for k, v in record.items()}
-    texts = []
-    for field in names:
-        key = next((n for n in field if n in lowered), None)
-        if key is None:
-            return BadLine(number, f"no text field: expected one of {list(field)}")
-        value = lowered[key]
-        if value is not None and not isinstance(value, str):
-            return BadLine(number, f"field {key!r} is a {type(value).__name__}, not a string")
-        texts.append(value or "")
-    return Example(number, tuple(texts))
-
-
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-
-
-def predict_file(
-    predictor: Predictor,
-    input_path: str,
-    output_path: str,
-    *,
-    input_format: str = "auto",
-    skip_bad_lines: bool = False,
-    chunk_lines: int = 4096,
-) -> dict[str, Any]:
-    """Predicts every line of `input_path` into JSON lines at `output_path`; returns a summary.
-
-    Raises BadInputError (after writing every prediction before it) on a bad line, unless
-    `skip_bad_lines`.
-    """
-    start = time.perf_counter()
-    total_lines = _count_lines(input_path)
-    counts = {"examples": 0, "skipped": 0, "truncated": 0}
-    exit_counts = np.zeros(predictor.model_config.num_layers, np.int64)
-    flops_sum = 0.0
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with (
-        open(output_path, "w", encoding="utf-8") as out,
-        tqdm.tqdm(
-            total=total_lines,
-            unit=" lines",
-            desc=f"predict {predictor.task}",
-            disable=total_lines < 10 * predictor.batch_size,
-            dynamic_ncols=True,
-        ) as progress,
-    ):
-        pending: list[Example | BadLine] = []
-
-        def flush():
-            nonlocal flops_sum
-            examples = [item for item in pending if isinstance(item, Example)]
-            records = iter(predictor.predict([e.texts for e in examples]))
-            for item in pending:
-                if isinstance(item, Example):
-                    record = next(records)
-                    counts["truncated"] += record["truncated"]
-                    exit_counts[record["exit_index"]] += 1
-                    flops_sum += record["flops"]
-                    out.write(json.dumps({"line": item.line, **record}) + "\n")
-                else:
-                    out.write(json.dumps({"line": item.line, "error": item.reason}) + "\n")
-            out.flush()
-            counts["examples"] += len(examples)
-            if pending:
-                progress.update(pending[-1].line - progress.n)
-            pending.clear()
-
-        for item in read_examples(input_path, predictor, input_format):
-            if isinstance(item, BadLine):
-                if not skip_bad_lines:
-                    flush()
-                    raise BadInputError(
-                        f"{input_path}:{item.line}: {item.reason} (use "
-                        f"--skip_bad_lines to skip such lines)."
-                    )
-                logging.warning("%s:%d: %s; skipped.", input_path, item.line, item.reason)
-                counts["skipped"] += 1
-            pending.append(item)
-            if len(pending) >= chunk_lines:
-                flush()
-        flush()
-    if counts["truncated"]:
-        logging.info(
-            "Truncated %d of %d inputs longer than max_length=%d tokens.",
-            counts["truncated"],
-            counts["examples"],
-            predictor.max_length,
-        )
-    return {
-        **counts,
-        "mode": predictor.mode,
-        "exit_histogram": exit_counts.tolist(),
-        "mean_flops": flops_sum / max(counts["examples"], 1),
-        "seconds": time.perf_counter() - start,
-    }
 
 
 def predict(

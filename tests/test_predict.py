@@ -111,6 +111,25 @@ def test_predict_fields_and_batching(sst2):
     assert sst2.predict(SENTENCES[1]) == [records[1]]
 
 
+def test_full_depth_mode_answers_from_the_last_exit(sst2):
+    full = predict.Predictor(
+        sst2.params, sst2.config, sst2.tokenizer, mode="full_depth", batch_size=4
+    )
+    encoded = sst2.encode([(s,) for s in SENTENCES])
+    got = full.predict_encoded(encoded)
+    all_logits = early_exit.full_depth_logits(
+        sst2.params,
+        encoded["input_ids"],
+        encoded["segment_ids"],
+        encoded["mask"],
+        model_config=sst2.model_config,
+    )
+    np.testing.assert_array_equal(got["prediction"], np.argmax(all_logits[-1], axis=-1))
+    assert (got["exit_index"] == sst2.model_config.num_layers - 1).all()
+    early = sst2.predict_encoded(encoded)
+    assert (got["flops"] >= early["flops"]).all() and (got["flops"] > early["flops"]).any()
+
+
 def test_more_compute_per_longer_example(sst2):
     short, long = sst2.predict(["ok", "a " * 20])
     if short["exit_index"] == long["exit_index"]:
@@ -233,8 +252,7 @@ def test_pair_files(rte, tmp_path):
 def test_predict_entry_point_with_exit_override(sst2, tmp_path):
     (tmp_path / "in.txt").write_text("good\nbad\n")
     config = glue.get_config("task=sst2").unlock()
-    config.exit.policy = "entropy_threshold"  # H < -1 never holds: all run every block.
-    config.exit.entropy_threshold = -1.0
+    config.exit.delta = float("-inf")  # r < -inf never holds: all run every block.
     source = sst2.source
     summary = predict.predict(
         config, source, input_path=str(tmp_path / "in.txt"), output_path=str(tmp_path / "o")
