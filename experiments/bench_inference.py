@@ -1,0 +1,172 @@
+"""Inference throughput on the real SST-2 dev set: early exit, full depth, full precision.
+
+Run (about 5 minutes on a 2-core CPU), after training a binarized and a full-precision model:
+
+  python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2 \
+      --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds
+  python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2_float \
+      --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds \
+      --config.model.binarize=False
+  python -m beex_jax.main --mode=export --workdir runs/sst2          # -> runs/sst2/export
+  python experiments/bench_inference.py --workdir runs/sst2/export --float_workdir runs/sst2_float
+
+`--workdir` may be a training workdir or an export (the packed 1-bit model, which is what one
+deploys); `--float_workdir` is the full-precision counterpart of the same architecture.
+
+What is measured, in one run: for each model and mode (early exit, SPEC §3, and full depth) and
+each batch size, the examples/s of `Predictor.predict_encoded` over the whole dev set: sorting by
+length, padding to the bucket lengths and batch sizes, the jitted forward pass and fetching the
+results, everything `Predictor.predict` does except tokenizing (measured once, separately). Each
+configuration is run once to compile its shapes, then timed `--repeats` times; the median is
+reported. Accuracy, mean FLOPs per example (at real lengths, `beex_jax.flops`) and the mean exit
+block sit beside each row. JSON goes to experiments/results/bench_inference.json with the command,
+the machine and its load average (the CPUs may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from beex_jax import predict
+from beex_jax.data import glue_builder
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
+DEFAULT_GLUE = os.environ.get(
+    "BEEX_GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+)
+
+
+def dev_set(glue_dir: str, task: str) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """(texts of each example, labels) of the task's dev split, read from the GLUE folder."""
+    path = glue_builder.glue_dir_files(task, glue_dir)["validation"]
+    fields = [feature for feature, _ in glue_builder.task_spec(task).text_features]
+    with open(path, encoding="utf-8") as f:
+        rows = list(glue_builder.read_rows(task, "validation", f, path))
+    return [tuple(row[k] for k in fields) for row in rows], np.array([r["label"] for r in rows])
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's best guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(predictor, encoded, labels, repeats: int) -> dict:
+    """Compiles, then times `predict_encoded` over the whole set; metrics of its outputs."""
+    outputs = predictor.predict_encoded(encoded)  # Compiles every shape this set needs.
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outputs = predictor.predict_encoded(encoded)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return {
+        "examples_per_second": len(labels) / median,
+        "seconds_median": median,
+        "seconds": seconds,
+        "accuracy": float(np.mean(outputs["prediction"] == labels)),
+        "mean_flops": float(np.mean(outputs["flops"])),
+        "mean_exit_block": float(np.mean(outputs["exit_index"] + 1)),
+    }
+
+
+def model_info(predictor) -> dict:
+    """What describes a loaded model in the report."""
+    params = jax.tree.leaves(predictor.params)
+    return {
+        "source": predictor.source,
+        "binarize": predictor.model_config.binarize,
+        "packed_weights": predictor.model_config.packed_weights,
+        "vocab_size": predictor.model_config.vocab_size,
+        "num_params": int(sum(p.size for p in params)),
+        "num_layers": predictor.model_config.num_layers,
+        "exit": {"policy": predictor.exit_config.policy, "delta": predictor.exit_config.delta},
+    }
+
+
+def main() -> None:
+    """Runs the benchmark, prints a table and writes the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="Binarized model: workdir or export.")
+    parser.add_argument("--float_workdir", required=True, help="Full-precision counterpart.")
+    parser.add_argument("--glue_dir", default=DEFAULT_GLUE)
+    parser.add_argument("--batch_sizes", default="1,32,256")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS), type=Path)
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    models = {"binarized": args.workdir, "full_precision": args.float_workdir}
+    info, rows = {}, []
+    texts = labels = None
+    for name, path in models.items():
+        base = predict.load(path)
+        if texts is None:
+            texts, labels = dev_set(args.glue_dir, base.task)
+        start = time.perf_counter()
+        encoded = base.encode(texts)
+        tokenize_rate = len(texts) / (time.perf_counter() - start)
+        info[name] = dict(model_info(base), tokenize_examples_per_second=tokenize_rate)
+        for mode in predict.MODES:
+            for batch_size in batch_sizes:
+                predictor = predict.Predictor(
+                    base.params,
+                    base.config,
+                    base.tokenizer,
+                    mode=mode,
+                    batch_size=batch_size,
+                    source=path,
+                )
+                row = {"model": name, "mode": mode, "batch_size": batch_size}
+                row.update(measure(predictor, encoded, labels, args.repeats))
+                rows.append(row)
+                print(
+                    f"{name:<15}{mode:<12}batch {batch_size:>4}: "
+                    f"{row['examples_per_second']:>9.1f} examples/s  "
+                    f"accuracy {row['accuracy']:.4f}  mean FLOPs {row['mean_flops'] / 1e6:.2f}M  "
+                    f"mean exit block {row['mean_exit_block']:.2f}",
+                    flush=True,
+                )
+    report = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax_backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+        },
+        "dataset": {"task": base.task, "split": "validation", "examples": len(labels)},
+        "timed": "Predictor.predict_encoded over the whole dev set (tokenizing excluded), "
+        f"median of {args.repeats} after a compiling pass",
+        "models": info,
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
