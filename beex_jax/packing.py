@@ -45,9 +45,25 @@ def unpack_signs(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return signs.reshape(shape)
 
 
+_scale_factor = jax.jit(bz.scale_factor, static_argnames=("scale", "axis"))
+
+
+def _alphas(w: np.ndarray, *, name: str, scale: str) -> np.ndarray:
+    # A float32 mean depends on the summation order, which XLA picks per shape. Reducing each
+    # [in, out] kernel on its own under jit, as the forward pass does inside nn.scan (rather than
+    # the stacked [L, in, out] leaf at once), gives bitwise the alphas the latent model uses, so
+    # the exported model's outputs equal the latent model's exactly.
+    axis = _alpha_axis(name)
+    if w.ndim <= 2 or scale == "none":
+        return np.asarray(_scale_factor(w, scale=scale, axis=axis))
+    kernels = w.reshape((-1, *w.shape[-2:]))
+    alphas = np.stack([np.asarray(_scale_factor(k, scale=scale, axis=axis)) for k in kernels])
+    return alphas.reshape(w.shape[:-2] + alphas.shape[1:])
+
+
 def pack_leaf(w: jax.Array, *, name: str, scale: str) -> dict[str, np.ndarray]:
     """{bits, alpha, shape} for one binarized leaf named `binary_kernel`/`binary_embedding`."""
-    alpha = bz.scale_factor(jnp.asarray(w, jnp.float32), scale=scale, axis=_alpha_axis(name))
+    alpha = _alphas(np.asarray(w, np.float32), name=name, scale=scale)
     return {
         BITS: pack_signs(np.asarray(w)),
         ALPHA: np.asarray(alpha, np.float32),
