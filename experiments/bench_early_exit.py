@@ -1,0 +1,302 @@
+"""Wall-clock of early-exit inference vs the full-depth forward pass, next to the FLOPs ideal.
+
+Run (about 3-5 minutes on a 2-core CPU):
+
+  python experiments/bench_early_exit.py
+
+What is measured: the default (`small`) SST-2 model at random initialisation, on random token ids
+whose lengths follow SST-2 dev (whitespace tokens + 2 for [CLS]/[SEP], capped at 64); each batch is
+padded to the next bucket length, as the data pipeline does. An untrained model's exits cannot be
+steered, so delta is picked by bisection on a separate calibration set (same length distribution)
+to save about half the FLOPs; the chosen delta and the saving it reached are reported. Both paths
+are jitted and batched, warmed up (compiled) first, then timed alternately (full, early, full,
+...), each call waited on with `block_until_ready`; the median over repeats is reported.
+
+ideal speedup    = full-depth FLOPs / early-exit FLOPs, at real lengths (`beex_jax.flops`).
+measured speedup = median wall-clock of the full-depth forward / that of early exit.
+Results go to experiments/results/bench_early_exit.json with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from beex_jax import early_exit, flops
+from beex_jax import exits as ex
+from beex_jax.model import ModelConfig, init_params
+from configs import glue
+
+_apply_policy = jax.jit(ex.apply_policy)
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"
+
+
+def sst2_dev_lengths(path: Path, max_length: int) -> np.ndarray:
+    """Token counts of SST-2 dev sentences: whitespace tokens + 2, capped at max_length."""
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]  # Header: sentence<TAB>label.
+    counts = [len(line.split("\t")[0].split()) + 2 for line in lines if line.strip()]
+    return np.minimum(np.asarray(counts), max_length)
+
+
+def make_batches(
+    lengths: np.ndarray, batch_size: int, num_batches: int, vocab_size: int, buckets, rng
+) -> list[dict[str, jax.Array]]:
+    """Random-token batches with lengths drawn from `lengths`, padded to the next bucket."""
+    batches = []
+    for _ in range(num_batches):
+        lens = rng.choice(lengths, size=batch_size)
+        width = min(b for b in buckets if b >= lens.max())
+        mask = (np.arange(width)[None] < lens[:, None]).astype(np.int32)
+        ids = rng.integers(1, vocab_size, size=(batch_size, width)).astype(np.int32) * mask
+        batch = {"input_ids": ids, "segment_ids": np.zeros_like(ids), "mask": mask}
+        batches.append({k: jax.device_put(v) for k, v in batch.items()})
+    return batches
+
+
+def flops_saved(model_config, batches, all_logits, exit_config) -> float:
+    """1 - early-exit FLOPs / full-depth FLOPs over the batches, at real lengths."""
+    spent = full = 0.0
+    for batch, logits in zip(batches, all_logits, strict=True):
+        lengths = jnp.sum(batch["mask"], axis=-1)
+        decision = _apply_policy(logits, exit_config)
+        spent += float(flops.per_example_flops(model_config, lengths, decision.last_block).sum())
+        full += float(flops.full_depth_flops(model_config, lengths).sum())
+    return 1.0 - spent / full
+
+
+def calibrate_delta(model_config, params, batches, base: ex.ExitConfig, target: float):
+    """Bisection on delta (larger delta exits earlier) for a FLOPs saving close to `target`."""
+    all_logits = [
+        early_exit.full_depth_logits(
+            params, b["input_ids"], b["segment_ids"], b["mask"], model_config=model_config
+        )
+        for b in batches
+    ]
+    low, high = -1.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (low + high)
+        saved = flops_saved(model_config, batches, all_logits, base.replace(delta=mid))
+        low, high = (low, mid) if saved > target else (mid, high)
+    delta = 0.5 * (low + high)
+    return delta, flops_saved(model_config, batches, all_logits, base.replace(delta=delta))
+
+
+def timed(fn, batches) -> float:
+    """Seconds to run `fn` on every batch, waiting for each result."""
+    start = time.perf_counter()
+    for batch in batches:
+        jax.block_until_ready(fn(batch))
+    return time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's best guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    """Runs the benchmark and writes the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch_sizes", default="1,32,256")
+    parser.add_argument("--examples", type=int, default=512, help="Timed examples per size.")
+    parser.add_argument("--examples_batch_1", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--target_saving", type=float, default=0.5)
+    parser.add_argument(
+        "--dev_tsv", default=str(Path("/work/shared/data/glue/SST-2/dev.tsv")), type=Path
+    )
+    parser.add_argument("--out", default=str(RESULTS), type=Path)
+    args = parser.parse_args()
+
+    config = glue.get_config("task=sst2")
+    model_config = ModelConfig.from_config(config.model)
+    base_exit = ex.ExitConfig.from_config(config.exit)
+    params = init_params(model_config, jax.random.key(config.seed))
+    buckets = tuple(config.data.bucket_boundaries)
+    lengths = sst2_dev_lengths(args.dev_tsv, config.data.max_length)
+    rng = np.random.default_rng(0)
+
+    calibration = make_batches(lengths, 128, 8, model_config.vocab_size, buckets, rng)
+    delta, calibration_saving = calibrate_delta(
+        model_config, params, calibration, base_exit, args.target_saving
+    )
+    exit_config = base_exit.replace(delta=delta)
+    print(f"delta={delta:.5f} saves {calibration_saving:.1%} of FLOPs on the calibration set")
+
+    def full(batch):
+        return early_exit.full_depth_logits(
+            params,
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["mask"],
+            model_config=model_config,
+        )
+
+    def early(batch):
+        return early_exit.early_exit_forward(
+            params,
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["mask"],
+            exit_config,
+            model_config=model_config,
+        )
+
+    runs = []
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        examples = args.examples_batch_1 if batch_size == 1 else args.examples
+        batches = make_batches(
+            lengths,
+            batch_size,
+            max(1, examples // batch_size),
+            model_config.vocab_size,
+            buckets,
+            rng,
+        )
+        # Warm-up: compile every bucket width and check early exit against the reference.
+        timed(full, batches)
+        timed(early, batches)
+        spent = full_flops = 0.0
+        exit_index, rows_run, mismatches = [], 0, 0
+        for batch in batches:
+            outputs, work = early(batch)
+            reference = early_exit.full_depth_forward(
+                params,
+                batch["input_ids"],
+                batch["segment_ids"],
+                batch["mask"],
+                exit_config,
+                model_config=model_config,
+            )
+            mismatches += int(
+                np.sum(
+                    (np.asarray(outputs["exit_index"]) != np.asarray(reference["exit_index"]))
+                    | (np.asarray(outputs["prediction"]) != np.asarray(reference["prediction"]))
+                )
+            )
+            lens = jnp.sum(batch["mask"], axis=-1)
+            spent += float(outputs["flops"].sum())
+            full_flops += float(flops.full_depth_flops(model_config, lens).sum())
+            exit_index.append(np.asarray(outputs["exit_index"]))
+            rows_run += int(work["rows_run"])
+        full_times, early_times = [], []
+        for _ in range(args.repeats):
+            full_times.append(timed(full, batches))
+            early_times.append(timed(early, batches))
+        full_s, early_s = statistics.median(full_times), statistics.median(early_times)
+        num_examples = batch_size * len(batches)
+        ideal, measured = full_flops / spent, full_s / early_s
+        exit_index = np.concatenate(exit_index)
+        run = {
+            "batch_size": batch_size,
+            "num_batches": len(batches),
+            "num_examples": num_examples,
+            "padded_lengths": sorted({int(b["mask"].shape[1]) for b in batches}),
+            "full_depth_s_median": full_s,
+            "early_exit_s_median": early_s,
+            "full_depth_ms_per_example": 1e3 * full_s / num_examples,
+            "early_exit_ms_per_example": 1e3 * early_s / num_examples,
+            "full_depth_s_repeats": full_times,
+            "early_exit_s_repeats": early_times,
+            "flops_saved": 1.0 - spent / full_flops,
+            "ideal_speedup_flops": ideal,
+            "measured_speedup": measured,
+            "measured_over_ideal": measured / ideal,
+            "exit_histogram": early_exit.exit_histogram(
+                exit_index, model_config.num_layers
+            ).tolist(),
+            "mean_exit_block": float(np.mean(exit_index + 1)),
+            # Example-blocks computed by early exit (partial chunks padded to chunk_size), and
+            # what exact per-example stopping would need.
+            "early_exit_rows_run": rows_run,
+            "rows_needed": int(np.sum(exit_index + 1)),
+            "rows_full_depth": num_examples * model_config.num_layers,
+            "mismatches_vs_reference": mismatches,
+        }
+        runs.append(run)
+        print(
+            f"batch {batch_size:4d}: full {1e3 * full_s:8.1f} ms, early {1e3 * early_s:8.1f} ms"
+            f" ({num_examples} examples) | measured speedup {measured:.2f}x, ideal {ideal:.2f}x"
+            f" ({measured / ideal:.0%} of ideal) | exits {run['exit_histogram']}"
+        )
+
+    by_size = {r["batch_size"]: r for r in runs}
+    targets = {}
+    if 256 in by_size:
+        targets["batch_256_measured_at_least_0.8_ideal"] = (
+            by_size[256]["measured_over_ideal"] >= 0.8
+        )
+    if 1 in by_size:
+        targets["batch_1_real_speedup"] = by_size[1]["measured_speedup"] > 1.0
+    report = {
+        "benchmark": "early-exit inference vs full depth (wall-clock and FLOPs)",
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax_backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "model": {
+            "config": "configs/glue.py:task=sst2 (size=small, the default)",
+            **{
+                k: getattr(model_config, k)
+                for k in (
+                    "num_layers",
+                    "hidden_dim",
+                    "num_heads",
+                    "slfn_dim",
+                    "exit_dim",
+                    "vocab_size",
+                    "binarize",
+                )
+            },
+        },
+        "inputs": "random token ids (speed only), lengths drawn from SST-2 dev "
+        "(whitespace tokens + 2, capped at 64), padded to the next bucket "
+        f"{list(buckets)}",
+        "weights": "random initialisation (untrained); exits steered by delta calibration",
+        "exit": {
+            "policy": exit_config.policy,
+            "delta": delta,
+            "delta_chosen_by": f"bisection on 8 x 128 calibration examples for "
+            f"{args.target_saving:.0%} FLOPs saved",
+            "calibration_flops_saved": calibration_saving,
+            "min_exit_block": exit_config.min_exit_block,
+            "answer_from": exit_config.answer_from,
+            "chunk_size": exit_config.chunk_size,
+        },
+        "timing": f"jit + warm-up, block_until_ready per call, median of {args.repeats} "
+        "alternating repeats over the same batches",
+        "baseline": "full_depth_logits: the plain nn.scan forward over all blocks, jitted",
+        "runs": runs,
+        "targets_met": targets,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"targets: {targets}\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
