@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -134,6 +135,8 @@ class Predictor:
         self, input_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray
     ) -> dict[str, np.ndarray]:
         """The jitted forward pass on one padded batch: early exit, or every block (full depth)."""
+        chex.assert_rank([input_ids, segment_ids, mask], 2)
+        chex.assert_equal_shape([input_ids, segment_ids, mask])
         if self.mode == "early_exit":
             out, _ = early_exit.early_exit_forward(
                 self.params,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import strategies as st
 
 import beex_jax
-from beex_jax import checkpointing, early_exit, export, predict
+from beex_jax import checkpointing, data, early_exit, export, predict
 from beex_jax.model import ModelConfig
 from configs import glue
 
@@ -128,6 +128,27 @@ def test_full_depth_mode_answers_from_the_last_exit(sst2):
     assert (got["exit_index"] == sst2.model_config.num_layers - 1).all()
     early = sst2.predict_encoded(encoded)
     assert (got["flops"] >= early["flops"]).all() and (got["flops"] > early["flops"]).any()
+
+
+def test_regression_records_carry_a_score(bert_vocab_file):
+    config = glue.get_config("task=stsb,size=tiny").copy_and_resolve_references()
+    config.data.vocab_file = str(bert_vocab_file)
+    tokenizer = data.build_tokenizer(config)
+    config.model.vocab_size = tokenizer.get_vocab_size()
+    shapes = export.abstract_params(ModelConfig.from_config(config.model))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+    stsb = predict.Predictor(params, config, tokenizer)
+    outputs = {
+        "logits": np.array([[3.25], [0.5]], np.float32),
+        "prediction": np.array([3.25, 0.5], np.float32),
+        "exit_index": np.array([1, 2]),
+        "flops": np.array([10.0, 20.0], np.float32),
+    }
+    records = stsb.records(outputs, np.array([False, True]))
+    assert records == [
+        {"score": 3.25, "exit_index": 1, "flops": 10, "truncated": False},
+        {"score": 0.5, "exit_index": 2, "flops": 20, "truncated": True},
+    ]
 
 
 def test_more_compute_per_longer_example(sst2):
