@@ -3,9 +3,9 @@
   python experiments/sweep.py --sweep=reproduction --root=runs/sweeps \
       --glue_dir=../shared/data/glue [--only=sst2-binary,rte-float] [--collect_only]
 
-Each run is `python -m beex_jax.main` in its own workdir `<root>/<sweep>/<run>`; a run whose
-`summary.json` exists is done and skipped, an interrupted one resumes from its checkpoint. The table
-(Markdown and CSV, plus the rows as JSON) goes to experiments/results/<sweep>.{md,csv,json}.
+Each run is `python -m beex_jax.main` in its own workdir `<root>/<run>` (shared by sweeps); a run
+whose `summary.json` exists is done and skipped, an interrupted one resumes from its checkpoint.
+The table (Markdown, CSV, and rows as JSON) goes to experiments/results/<sweep>.{md,csv,json}.
 Reported dev figures are those of the evaluation with the best early-exit score (the checkpoint
 the recipe keeps), read from the run's metrics.jsonl.
 """
@@ -31,7 +31,7 @@ from configs import sweeps  # noqa: E402
 
 _SWEEP = flags.DEFINE_enum("sweep", "reproduction", sorted(sweeps.SWEEPS), "Which sweep.")
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full"], "Per-task training budget.")
-_ROOT = flags.DEFINE_string("root", "runs/sweeps", "Workdirs go to <root>/<sweep>/<run>.")
+_ROOT = flags.DEFINE_string("root", "runs/sweeps", "Workdirs go to <root>/<run>.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", "runs/tfds", "Prepared data (shared by runs).")
 _ONLY = flags.DEFINE_list("only", [], "Run only these run names.")
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"Unknown runs {sorted(unknown)}; valid: {[r.name for r in runs]}.")
     selected = [r for r in runs if not _ONLY.value or r.name in _ONLY.value]
-    root = Path(_ROOT.value) / _SWEEP.value
+    root = Path(_ROOT.value)
     for run in [] if _COLLECT_ONLY.value else selected:
         if not (root / run.name / "summary.json").exists():
             train(run, root / run.name)
