@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import grain
@@ -35,6 +36,13 @@ _MODEL_KEYS = ("task", "model")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, incomplete, or from a different model."""
+
+
+def absolute(workdir: str | os.PathLike) -> epath.Path:
+    """`workdir` as an absolute path, which Orbax needs; URLs (gs://...) are kept as they are."""
+    if "://" in str(workdir):
+        return epath.Path(workdir)
+    return epath.Path(os.path.abspath(os.path.expanduser(workdir)))
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -83,7 +91,7 @@ class Checkpoints:
     keep: int = 2
 
     def __post_init__(self):
-        root = epath.Path(self.workdir)
+        root = absolute(self.workdir)
         self.latest = _manager(
             root / LATEST_DIR,
             ocp.CheckpointManagerOptions(max_to_keep=self.keep, cleanup_tmp_directories=True),
@@ -189,7 +197,7 @@ def restore_params(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         abstract_params(config),
     )
-    directory = epath.Path(workdir) / (BEST_DIR if which == "best" else LATEST_DIR)
+    directory = absolute(workdir) / (BEST_DIR if which == "best" else LATEST_DIR)
     if not directory.exists():
         raise CheckpointError(f"No checkpoint folder {directory}.")
     with ocp.CheckpointManager(

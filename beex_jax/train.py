@@ -159,7 +159,7 @@ def _print_summary(summary: dict[str, Any], task: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict]:
     """Trains, evaluating every epoch and checkpointing; returns the final state and a summary."""
     sharding.initialize_distributed(config)
-    workdir = str(epath.Path(workdir).expanduser())
+    workdir = str(checkpointing.absolute(workdir))  # Orbax needs absolute paths.
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------------------ mesh
@@ -266,9 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     )
     where = f"The last good checkpoint is kept in {workdir}/{checkpointing.LATEST_DIR}."
     window, pending, results = [], None, None
-    window_start, tick = start_step, time.perf_counter()
+    window_seconds, window_steps = 0.0, 0  # Training time only: no compilation, eval or saving.
     try:
         for step in range(start_step + 1, num_train_steps + 1):
+            started = time.perf_counter()
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 local = next(train_iter)
                 batch = sharding.global_batch({k: local[k] for k in TRAIN_KEYS}, mesh)
@@ -285,16 +286,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
             if is_checkpoint or is_eval or is_log:
                 window.append(_to_host(*pending, where))
                 pending = None
+            if step > start_step + 1:  # The first step compiles.
+                window_seconds += time.perf_counter() - started
+                window_steps += 1
             if is_log:
-                elapsed = time.perf_counter() - tick
                 record = _mean(window)
-                record["examples_per_second"] = (step - window_start) * config.batch_size / elapsed
+                if window_steps:
+                    record["examples_per_second"] = (
+                        window_steps * config.batch_size / window_seconds
+                    )
                 record["epoch"] = step / input_.steps_per_epoch
                 writer.write(step, record)
                 progress.set_postfix(
                     loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}"
                 )
-                window, window_start, tick = [], step, time.perf_counter()
+                window, window_seconds, window_steps = [], 0.0, 0
             if is_checkpoint:
                 ckpt.save(step, state, train_iter)
             if is_eval:
@@ -305,7 +311,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 )
                 ckpt.save_best(step, state.params, evaluate.score(results, config.task))
                 logging.info("step %d dev: %s", step, results)
-                tick = time.perf_counter()  # Evaluation time is not training throughput.
             progress.update(1)
         if results is None:  # Resumed after the last step: evaluate what was restored.
             results = run_evaluators(state.params)

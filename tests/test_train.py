@@ -114,10 +114,12 @@ def compile_once(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tfds_dir, compile_once):
-    """(workdir, final state, summary) of an uninterrupted tiny run."""
-    workdir = tmp_path_factory.mktemp("trained")
-    state, summary = train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(workdir))
-    return workdir, state, summary
+    """(workdir, final state, summary) of an uninterrupted tiny run (given a relative workdir)."""
+    parent = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(parent)
+        state, summary = train.train_and_evaluate(training_runs.tiny_config(tfds_dir), "run")
+    return parent / "run", state, summary
 
 
 def _records(workdir):
