@@ -50,7 +50,10 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        # Written whole, then renamed: other processes may read it (check_config_matches) now.
+        tmp = path / f"{CONFIG_FILE}.tmp"
+        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        tmp.replace(path / CONFIG_FILE)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

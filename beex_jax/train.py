@@ -18,6 +18,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -204,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     def init(rng):
         params = init_params(model_config, rng)
-        return TrainState(jax.numpy.int32(0), params, tx.init(params), dropout_rng)
+        return TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
 
     # ------------------------------------------------------------------------------ sharding
     # Shapes first, then the partition rules place every leaf; parameters are created directly
