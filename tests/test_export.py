@@ -138,15 +138,13 @@ def test_full_precision_model_is_stored_float(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_rte(tfds_dir, tmp_path_factory) -> pathlib.Path:
-    """The training tests' tiny RTE run (a few steps), evaluated on the whole dev set."""
+    """The training tests' tiny RTE run (a few steps) by the command line, whole dev set."""
     import training_runs  # The training tests' helper; imported here, only this fixture trains.
 
-    from beex_jax import train
-
-    config = training_runs.tiny_config(tfds_dir, **{"data.max_eval_examples": -1})
-    workdir = tmp_path_factory.mktemp("rte_run")
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
+    base = tmp_path_factory.mktemp("rte_run")
+    command = training_runs.command(base / "run", tfds_dir, **{"data.max_eval_examples": -1})
+    training_runs.run(command, training_runs.environment(base / "xla_cache"))
+    return base / "run"
 
 
 @pytest.mark.slow

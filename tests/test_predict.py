@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import re
 import subprocess
@@ -286,3 +287,33 @@ def test_predict_entry_point_with_exit_override(sst2, tmp_path):
             input_path=str(tmp_path / "in.txt"),
             output_path=str(tmp_path / "o"),
         )
+
+
+@pytest.mark.slow
+def test_command_line_predict_and_export(sst2, tmp_path):
+    """`python -m beex_jax.main --mode=export|predict`: flags, routing, one-line errors."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # Compilation is the cost here.
+    main = [sys.executable, "-m", "beex_jax.main", f"--workdir={sst2.source}"]
+    export_dir = tmp_path / "export"
+    done = subprocess.run(
+        [*main, "--mode=export", f"--export_dir={export_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x smaller" in done.stdout and export.is_export(str(export_dir))
+    (tmp_path / "in.txt").write_bytes(b"fine\nbad \xff\nnever read\n")
+    out = tmp_path / "out.jsonl"
+    cli = [*main[:3], f"--workdir={export_dir}", "--mode=predict", f"--input={tmp_path / 'in.txt'}"]
+    done = subprocess.run(
+        [*cli, f"--output={out}"], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert "ERROR: " in done.stderr and "in.txt:2: not valid UTF-8" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1]
+    assert json.loads(out.read_text())["label_name"] == sst2.predict("fine")[0]["label_name"]
