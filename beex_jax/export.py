@@ -1,4 +1,4 @@
-"""The packed 1-bit model on disk (SPEC §7): export a trained workdir, load it back, size report.
+"""The packed 1-bit model on disk (SPEC §7): its format, the export of a workdir, a size report.
 
 An export directory holds everything prediction needs and no latent weights:
 
@@ -23,9 +23,9 @@ An export directory holds everything prediction needs and no latent weights:
                   does not read it, and the directory figures leave it out).
 
 Binarized leaves are named `binary_kernel` / `binary_embedding`; the L stages are stacked on a
-leading axis (`params["stages"]`). The loader rebuilds `alpha * sign(W)` exactly and runs the model
-with `packed_weights=True`, so the binary leaves are used as they are. A full-precision model
-(`model.binarize=False`) is exported with every leaf float32.
+leading axis (`params["stages"]`). The loader (`beex_jax.export_loader`) rebuilds
+`alpha * sign(W)` exactly and runs the model with `packed_weights=True`, so the binary leaves are
+used as they are. A full-precision model (`model.binarize=False`) is exported all float32.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tokenizers
 
 from beex_jax import binarize as bz
 from beex_jax import checkpointing, packing
@@ -100,6 +99,21 @@ def model_config_of(config: ml_collections.ConfigDict) -> ModelConfig:
 def abstract_params(model_config: ModelConfig) -> Params:
     """Shapes and dtypes of the parameters of `model_config` (nothing is computed)."""
     return jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+
+
+def shape_differences(
+    got: Mapping[str, tuple], expected: Mapping[str, tuple], limit: int = 4
+) -> str:
+    """What differs between two {path: shape} maps, the first `limit` items, as one line."""
+    problems = [f"{k} is missing" for k in expected if k not in got]
+    problems += [f"unexpected {k}" for k in got if k not in expected]
+    problems += [
+        f"{k} has shape {got[k]}, the config expects {expected[k]}"
+        for k in expected
+        if k in got and tuple(got[k]) != tuple(expected[k])
+    ]
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
 
 
 # ----------------------------------------------------------------------------- size report
@@ -184,7 +198,8 @@ def format_size_report(report: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -214,7 +229,9 @@ def write_export(
     }
     got = {name: leaf.shape for name, leaf in flat.items()}
     if got != expected:
-        raise ExportError(f"The parameters do not match config.model: {_diff(got, expected)}")
+        raise ExportError(
+            f"The parameters do not match config.model: {shape_differences(got, expected)}"
+        )
     export_dir = os.path.abspath(os.path.expanduser(export_dir))
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
@@ -246,7 +263,7 @@ def write_export(
         files = {}
         for relpath in [VOCAB_FILE, *arrays]:
             full = os.path.join(staging, relpath)
-            files[relpath] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+            files[relpath] = {"bytes": os.path.getsize(full), "sha256": sha256_file(full)}
             if relpath in arrays:
                 files[relpath].update(
                     dtype=str(arrays[relpath].dtype), shape=list(arrays[relpath].shape)
@@ -311,167 +328,3 @@ def export(
     logging.info("Exported the %s checkpoint of %s to %s.", which, workdir, export_dir)
     print(format_size_report(report))
     return report
-
-
-# ----------------------------------------------------------------------------- loading
-def is_export(path: str) -> bool:
-    """True when `path` is a directory holding an export manifest."""
-    return os.path.isfile(os.path.join(os.path.expanduser(path), MANIFEST_FILE))
-
-
-def _diff(got: Mapping[str, tuple], expected: Mapping[str, tuple], limit: int = 4) -> str:
-    problems = [f"{k} is missing" for k in expected if k not in got]
-    problems += [f"unexpected {k}" for k in got if k not in expected]
-    problems += [
-        f"{k} has shape {got[k]}, the config expects {expected[k]}"
-        for k in expected
-        if k in got and tuple(got[k]) != tuple(expected[k])
-    ]
-    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
-    return "; ".join(problems[:limit]) + more
-
-
-def _read_json(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise ExportError(f"{path} is missing: {what}.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path} is not valid JSON (truncated or foreign file?): {e}") from e
-
-
-def read_manifest(export_dir: str) -> dict[str, Any]:
-    """The manifest of `export_dir`, checked to be of this format and version."""
-    if not os.path.isdir(export_dir):
-        raise ExportError(f"{export_dir} does not exist or is not a directory.")
-    path = os.path.join(export_dir, MANIFEST_FILE)
-    hint = "not a beex-jax export" + (
-        " (it looks like a training workdir: export it with --mode=export, or load the workdir)"
-        if os.path.exists(os.path.join(export_dir, checkpointing.CONFIG_FILE))
-        else ""
-    )
-    manifest = _read_json(path, hint)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ExportError(f"{path} is not a {FORMAT} manifest (format: {found!r}).")
-    if manifest.get("version") != VERSION:
-        raise ExportError(
-            f"{path} has format version {manifest.get('version')!r}; this code "
-            f"reads version {VERSION}."
-        )
-    for key in ("params", "files", "binarized", "scale"):
-        if key not in manifest:
-            raise ExportError(f"{path} has no {key!r} entry: truncated or edited.")
-    return manifest
-
-
-def verify_files(export_dir: str, manifest: Mapping[str, Any]) -> None:
-    """Raises ExportError if a file listed in the manifest is missing, truncated or changed."""
-    for relpath, info in manifest["files"].items():
-        path = os.path.join(export_dir, relpath)
-        if not os.path.isfile(path):
-            raise ExportError(f"{path} is missing (listed in {MANIFEST_FILE}).")
-        size = os.path.getsize(path)
-        if size != info["bytes"]:
-            kind = "truncated" if size < info["bytes"] else "longer than written"
-            raise ExportError(
-                f"{path} is {kind}: {size} bytes, {MANIFEST_FILE} says {info['bytes']}."
-            )
-        if _sha256(path) != info["sha256"]:
-            raise ExportError(
-                f"{path} does not match its SHA-256 in {MANIFEST_FILE}: the file "
-                f"was changed or replaced."
-            )
-
-
-def _load_array(export_dir: str, relpath: str, info: Mapping[str, Any]) -> np.ndarray:
-    path = os.path.join(export_dir, relpath)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ExportError(f"{path} is not a readable .npy array: {e}") from e
-    if str(array.dtype) != info["dtype"] or list(array.shape) != list(info["shape"]):
-        raise ExportError(
-            f"{path} holds {array.dtype}{list(array.shape)}, {MANIFEST_FILE} says "
-            f"{info['dtype']}{list(info['shape'])}."
-        )
-    return array
-
-
-def _leaf(
-    export_dir: str, manifest: Mapping[str, Any], name: str, entry: Mapping[str, Any], scale: str
-) -> np.ndarray:
-    """One parameter: a float array, or alpha * sign(W) rebuilt from bits and alphas."""
-    files = manifest["files"]
-    shape = tuple(entry["shape"])
-    try:
-        if not entry["binary"]:
-            return _load_array(export_dir, entry["value"], files[entry["value"]])
-        bits = _load_array(export_dir, entry["bits"], files[entry["bits"]])
-        alpha = _load_array(export_dir, entry["alpha"], files[entry["alpha"]])
-    except KeyError as e:
-        raise ExportError(
-            f"{MANIFEST_FILE}: the entry of {name} names {e}, which it does not "
-            f"list among its files."
-        ) from e
-    axis = -2 if name.endswith(bz.BINARY_KERNEL) else -1
-    alpha_shape = jax.eval_shape(
-        lambda w: bz.scale_factor(w, scale=scale, axis=axis),
-        jax.ShapeDtypeStruct(shape, np.float32),
-    ).shape
-    if alpha.shape != alpha_shape:
-        raise ExportError(
-            f"{name}: alphas of shape {alpha.shape}, scale={scale!r} needs {alpha_shape}."
-        )
-    try:
-        return packing.unpack_leaf(
-            {packing.BITS: bits, packing.ALPHA: alpha, packing.SHAPE: np.asarray(shape)}
-        )
-    except ValueError as e:
-        raise ExportError(f"{name}: {e}") from e
-
-
-def load_export(
-    export_dir: str,
-) -> tuple[Params, ml_collections.ConfigDict, tokenizers.Tokenizer]:
-    """(params, config, tokenizer) of an export; binary leaves hold alpha * sign(W).
-
-    The returned config has `model.packed_weights = True` when the model is binarized, so the
-    model uses those leaves as they are. Every file is checked against the manifest and the
-    config against the arrays; anything wrong raises ExportError naming it.
-    """
-    export_dir = os.path.expanduser(export_dir)
-    manifest = read_manifest(export_dir)
-    verify_files(export_dir, manifest)
-    config_path = os.path.join(export_dir, CONFIG_FILE)
-    config = ml_collections.ConfigDict(_read_json(config_path, "the model's config"))
-    try:
-        model_config = model_config_of(config)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ExportError(f"{config_path} has no valid model section: {e}") from e
-    for key, value in (("binarize", manifest["binarized"]), ("scale", manifest["scale"])):
-        if getattr(model_config, key) != value:
-            raise ExportError(
-                f"{config_path} says model.{key}={getattr(model_config, key)!r} but "
-                f"the arrays were exported with {key}={value!r}."
-            )
-    expected = {k: tuple(v.shape) for k, v in flatten(abstract_params(model_config)).items()}
-    stored = {k: tuple(v["shape"]) for k, v in manifest["params"].items()}
-    if stored != expected:
-        raise ExportError(
-            f"{config_path} does not match the arrays of {MANIFEST_FILE}: "
-            f"{_diff(stored, expected)}."
-        )
-    flat = {
-        name: _leaf(export_dir, manifest, name, entry, model_config.scale)
-        for name, entry in manifest["params"].items()
-    }
-    tokenizer = tokenizer_lib.tokenizer_from_vocab(os.path.join(export_dir, VOCAB_FILE))
-    if tokenizer.get_vocab_size() != model_config.vocab_size:
-        raise ExportError(
-            f"{VOCAB_FILE} has {tokenizer.get_vocab_size()} tokens but the model's "
-            f"embedding has {model_config.vocab_size} rows."
-        )
-    config.model.packed_weights = model_config.binarize
-    return unflatten(flat), config, tokenizer

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import tokenizers
 
-from beex_jax import checkpointing, data, early_exit, export, flops
+from beex_jax import checkpointing, data, early_exit, export, export_loader, flops
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
 from beex_jax.model import ModelConfig, Params
@@ -231,8 +231,8 @@ def load(
 ) -> Predictor:
     """A Predictor from a training workdir (its `which` checkpoint) or an export directory."""
     path = os.path.expanduser(path)
-    if export.is_export(path):
-        params, config, tokenizer = export.load_export(path)
+    if export_loader.is_export(path):
+        params, config, tokenizer = export_loader.load_export(path)
     elif os.path.isfile(os.path.join(path, checkpointing.CONFIG_FILE)):
         params, config = checkpointing.restore_params(path, which)
         tokenizer = data.build_tokenizer(config)

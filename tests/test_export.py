@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from beex_jax import binarize as bz
-from beex_jax import checkpointing, data, export
+from beex_jax import checkpointing, data, export, export_loader
 from beex_jax.model import ModelConfig
 from beex_jax.predict import Predictor, load
 from configs import glue
@@ -113,7 +113,7 @@ def test_round_trip_gives_binarized_weights(tmp_path):
     config = _config()
     params = _random_params(config, seed=1)
     export.write_export(str(tmp_path / "m"), params, config, str(_vocab(tmp_path / "v", 100)))
-    loaded, loaded_config, tokenizer = export.load_export(str(tmp_path / "m"))
+    loaded, loaded_config, tokenizer = export_loader.load_export(str(tmp_path / "m"))
     assert loaded_config.model.packed_weights
     assert tokenizer.get_vocab_size() == 100
     expected = jax.jit(lambda p: jax.tree_util.tree_map_with_path(_binarized, p))(params)
@@ -131,7 +131,7 @@ def test_full_precision_model_is_stored_float(tmp_path):
         str(tmp_path / "m"), params, config, str(_vocab(tmp_path / "v", 100))
     )
     assert report["arrays"]["ratio"] == 1.0
-    loaded, loaded_config, _ = export.load_export(str(tmp_path / "m"))
+    loaded, loaded_config, _ = export_loader.load_export(str(tmp_path / "m"))
     assert not loaded_config.model.packed_weights
     chex.assert_trees_all_equal(loaded, params)
 
@@ -184,7 +184,7 @@ def _first_array(directory: pathlib.Path, suffix: str = ".bits.npy") -> pathlib.
 
 
 def test_loads_cleanly(export_dir):
-    params, config, _ = export.load_export(str(export_dir))
+    params, config, _ = export_loader.load_export(str(export_dir))
     assert config.task == "rte"
     assert isinstance(load(str(export_dir), batch_size=2), Predictor)
     assert "stages" in params
@@ -192,13 +192,13 @@ def test_loads_cleanly(export_dir):
 
 def test_missing_directory(tmp_path):
     with pytest.raises(export.ExportError, match="does not exist"):
-        export.load_export(str(tmp_path / "nowhere"))
+        export_loader.load_export(str(tmp_path / "nowhere"))
 
 
 def test_training_workdir_is_not_an_export(tmp_path):
     (tmp_path / checkpointing.CONFIG_FILE).write_text("{}")
     with pytest.raises(export.ExportError, match="training workdir"):
-        export.load_export(str(tmp_path))
+        export_loader.load_export(str(tmp_path))
 
 
 def test_neither_workdir_nor_export(tmp_path):
@@ -210,33 +210,33 @@ def test_truncated_manifest(broken):
     manifest = broken / export.MANIFEST_FILE
     manifest.write_bytes(manifest.read_bytes()[:100])
     with pytest.raises(export.ExportError, match=re.escape("manifest.json is not valid JSON")):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_foreign_manifest(broken):
     (broken / export.MANIFEST_FILE).write_text(json.dumps({"format": "safetensors"}))
     with pytest.raises(export.ExportError, match="not a beex-jax-packed-model manifest"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_newer_version(broken):
     _rewrite_json(broken / export.MANIFEST_FILE, lambda m: m.update(version=99))
     with pytest.raises(export.ExportError, match="version 99"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_truncated_array(broken):
     path = _first_array(broken)
     path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(export.ExportError, match=f"{path.name} is truncated"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_missing_array(broken):
     path = _first_array(broken, ".alpha.npy")
     path.unlink()
     with pytest.raises(export.ExportError, match=f"{path.name} is missing"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_replaced_array_same_size(broken):
@@ -245,7 +245,7 @@ def test_replaced_array_same_size(broken):
     raw[-1] ^= 0xFF  # One byte of signs flipped: same size, different content.
     path.write_bytes(bytes(raw))
     with pytest.raises(export.ExportError, match=f"{path.name} does not match its SHA-256"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_foreign_array_file_with_matching_manifest(broken):
@@ -256,43 +256,43 @@ def test_foreign_array_file_with_matching_manifest(broken):
 
     def edit(manifest):
         manifest["files"][relpath].update(
-            bytes=path.stat().st_size, sha256=export._sha256(str(path))
+            bytes=path.stat().st_size, sha256=export.sha256_file(str(path))
         )
 
     _rewrite_json(broken / export.MANIFEST_FILE, edit)
     with pytest.raises(export.ExportError, match=re.escape("not a readable .npy array")):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_truncated_vocab(broken):
     vocab = broken / export.VOCAB_FILE
     vocab.write_text("".join(vocab.read_text().splitlines(keepends=True)[:50]))
     with pytest.raises(export.ExportError, match=re.escape("vocab.txt is truncated")):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_config_that_does_not_match_the_arrays(broken):
     _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(hidden_dim=64))
     with pytest.raises(export.ExportError, match=r"does not match the arrays.*has shape"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_config_with_other_vocab_size(broken):
     _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(vocab_size=99))
     with pytest.raises(export.ExportError, match="binary_embedding has shape"):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_config_of_a_float_model(broken):
     _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(binarize=False))
     with pytest.raises(export.ExportError, match=re.escape("model.binarize=False")):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_missing_config(broken):
     (broken / export.CONFIG_FILE).unlink()
     with pytest.raises(export.ExportError, match=re.escape("config.json is missing")):
-        export.load_export(str(broken))
+        export_loader.load_export(str(broken))
 
 
 def test_export_refuses_to_replace_a_foreign_directory(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import strategies as st
 
 import beex_jax
-from beex_jax import checkpointing, data, early_exit, export, predict
+from beex_jax import checkpointing, data, early_exit, export, export_loader, predict
 from beex_jax.model import ModelConfig
 from configs import glue
 
@@ -305,7 +305,7 @@ def test_command_line_predict_and_export(sst2, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "x smaller" in done.stdout and export.is_export(str(export_dir))
+    assert "x smaller" in done.stdout and export_loader.is_export(str(export_dir))
     (tmp_path / "in.txt").write_bytes(b"fine\nbad \xff\nnever read\n")
     out = tmp_path / "out.jsonl"
     cli = [*main[:3], f"--workdir={export_dir}", "--mode=predict", f"--input={tmp_path / 'in.txt'}"]
