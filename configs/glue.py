@@ -82,6 +82,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.bucket_boundaries = (16, 32, 64, 128)  # Batches are padded to the next of these.
     config.data.max_train_examples = -1  # Use only the first N train examples (-1: all).
     config.data.max_eval_examples = -1  # Use only the first N dev examples (-1: all).
+    config.data.bucket_window = 64  # Train batches sorted by length together (less padding).
+    config.data.prefetch = 4  # Batches grain prepares ahead in a background thread.
 
     config.model = ml_collections.ConfigDict()
     config.model.num_layers = num_layers  # Blocks, each followed by an exit head.
