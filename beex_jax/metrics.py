@@ -34,8 +34,9 @@ def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
     return float(fn(x, y)[0])
 
 
-def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray,
-                 weights: np.ndarray | None = None) -> dict[str, float]:
+def glue_metrics(
+    task: str, predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> dict[str, float]:
     """GLUE metrics of one split: predictions are class ids, logits [N, C] or STS-B scores.
 
     Examples of weight 0 (padding) are left out.
@@ -55,8 +56,10 @@ def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray,
         raise ValueError(f"No labelled examples to score {task} on.")
     if task == "stsb":
         labels = labels.astype(np.float64)
-        return {"pearson": _correlation(stats.pearsonr, predictions, labels),
-                "spearman": _correlation(stats.spearmanr, predictions, labels)}
+        return {
+            "pearson": _correlation(stats.pearsonr, predictions, labels),
+            "spearman": _correlation(stats.spearmanr, predictions, labels),
+        }
     if (labels < 0).any():
         raise ValueError(f"{task}: labels contain -1 (a test split has no labels to score).")
     out = {"accuracy": float(sk_metrics.accuracy_score(labels, predictions))}
@@ -67,9 +70,10 @@ def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray,
     return out
 
 
-def split_metrics(task: str, results: dict[str, tuple[np.ndarray, np.ndarray]]
-                  ) -> dict[str, float]:
+def split_metrics(task: str, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Metrics of several splits, e.g. MNLI's: {"validation_matched/accuracy": ..., ...}."""
-    return {f"{split}/{name}": value
-            for split, (predictions, labels) in results.items()
-            for name, value in glue_metrics(task, predictions, labels).items()}
+    return {
+        f"{split}/{name}": value
+        for split, (predictions, labels) in results.items()
+        for name, value in glue_metrics(task, predictions, labels).items()
+    }

@@ -78,11 +78,13 @@ def bench_step(config, input_: data.GlueInput, steps: int) -> dict:
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     params = init_params(model_config, init_rng)
     state = train.TrainState(jax.numpy.int32(0), params, tx.init(params), dropout_rng)
-    update = jax.jit(train.make_update_fn(BEExformer(model_config), tx, schedule, config),
-                     donate_argnums=(0,))
+    update = jax.jit(
+        train.make_update_fn(BEExformer(model_config), tx, schedule, config), donate_argnums=(0,)
+    )
     iterator = input_.train_iterator(config.seed + 1)
-    batches = [{k: v for k, v in next(iterator).items() if k in train.TRAIN_KEYS}
-               for _ in range(steps)]
+    batches = [
+        {k: v for k, v in next(iterator).items() if k in train.TRAIN_KEYS} for _ in range(steps)
+    ]
     by_shape = {b["input_ids"].shape: b for b in batches}
     start = time.perf_counter()
     for batch in by_shape.values():  # Compile every bucket shape first.
@@ -95,8 +97,10 @@ def bench_step(config, input_: data.GlueInput, steps: int) -> dict:
         jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     return {
-        "model": {k: int(config.model[k]) for k in ("num_layers", "hidden_dim", "num_heads",
-                                                     "slfn_dim", "exit_dim", "vocab_size")},
+        "model": {
+            k: int(config.model[k])
+            for k in ("num_layers", "hidden_dim", "num_heads", "slfn_dim", "exit_dim", "vocab_size")
+        },
         "batch_size": config.batch_size,
         "steps": steps,
         "compile_s_all_shapes": round(compile_s, 2),
@@ -108,8 +112,9 @@ def bench_step(config, input_: data.GlueInput, steps: int) -> dict:
 def main() -> None:
     """Runs both halves and writes the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--glue_dir", default=str(Path(__file__).resolve().parents[2] / "shared"
-                                                   / "data" / "glue"))
+    parser.add_argument(
+        "--glue_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+    )
     parser.add_argument("--tfds_dir", default=os.path.join(tempfile.gettempdir(), "beex_tfds"))
     parser.add_argument("--steps", type=int, default=50, help="Timed training steps.")
     parser.add_argument("--out", default=str(RESULTS))
@@ -124,22 +129,32 @@ def main() -> None:
     setup_s = time.perf_counter() - start
 
     pipeline, input_ = bench_pipeline(config)
-    print(f"pipeline: cold {pipeline['cold_examples_per_s']:.0f} examples/s "
-          f"(create_input {pipeline['create_input_s']:.1f} s + epoch {pipeline['epoch_s']:.2f} s),"
-          f" warm {pipeline['warm_examples_per_s']:.0f} examples/s; "
-          f"shapes {pipeline['batch_shapes']}, real tokens {pipeline['real_token_fraction']:.0%}")
+    print(
+        f"pipeline: cold {pipeline['cold_examples_per_s']:.0f} examples/s "
+        f"(create_input {pipeline['create_input_s']:.1f} s + epoch {pipeline['epoch_s']:.2f} s),"
+        f" warm {pipeline['warm_examples_per_s']:.0f} examples/s; "
+        f"shapes {pipeline['batch_shapes']}, real tokens {pipeline['real_token_fraction']:.0%}"
+    )
     step = bench_step(config, input_, args.steps)
-    print(f"step: {step['examples_per_s']:.0f} examples/s ({1000 * step['step_s']:.1f} ms/step, "
-          f"batch {step['batch_size']}, {jax.devices()[0].platform})")
+    print(
+        f"step: {step['examples_per_s']:.0f} examples/s ({1000 * step['step_s']:.1f} ms/step, "
+        f"batch {step['batch_size']}, {jax.devices()[0].platform})"
+    )
     ratio_cold = pipeline["cold_examples_per_s"] / step["examples_per_s"]
     ratio_warm = pipeline["warm_examples_per_s"] / step["examples_per_s"]
-    print(f"pipeline / step: {ratio_cold:.1f}x cold, {ratio_warm:.1f}x warm "
-          f"({'PASS' if ratio_cold >= 5 else 'FAIL'}: at least 5x required)")
+    print(
+        f"pipeline / step: {ratio_cold:.1f}x cold, {ratio_warm:.1f}x warm "
+        f"({'PASS' if ratio_cold >= 5 else 'FAIL'}: at least 5x required)"
+    )
     result = {
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()]},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "jax_backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+        },
         "setup_s_prepare_and_vocab": round(setup_s, 2),
         "pipeline": pipeline,
         "step": step,

@@ -14,9 +14,17 @@ from beex_jax import metrics
 
 def test_primary_metric_names():
     """GLUE ranks CoLA by MCC, MRPC/QQP by F1, STS-B by Pearson, the rest by accuracy."""
-    expected = {"cola": "matthews_corr", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
-                "sst2": "accuracy", "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy",
-                "wnli": "accuracy"}
+    expected = {
+        "cola": "matthews_corr",
+        "mrpc": "f1",
+        "qqp": "f1",
+        "stsb": "pearson",
+        "sst2": "accuracy",
+        "mnli": "accuracy",
+        "qnli": "accuracy",
+        "rte": "accuracy",
+        "wnli": "accuracy",
+    }
     assert {task: metrics.primary_metric_name(task) for task in expected} == expected
     with pytest.raises(ValueError, match="valid tasks"):
         metrics.primary_metric_name("imdb")
@@ -57,17 +65,23 @@ def test_pearson_and_spearman_for_stsb():
 
 def test_mnli_matched_and_mismatched():
     """MNLI is scored per dev set, each under its own prefix."""
-    out = metrics.split_metrics("mnli", {
-        "validation_matched": (np.array([0, 1, 2]), np.array([0, 1, 1])),
-        "validation_mismatched": (np.array([2, 2]), np.array([2, 2]))})
-    assert out == pytest.approx({"validation_matched/accuracy": 2 / 3,
-                                 "validation_mismatched/accuracy": 1.0})
+    out = metrics.split_metrics(
+        "mnli",
+        {
+            "validation_matched": (np.array([0, 1, 2]), np.array([0, 1, 1])),
+            "validation_mismatched": (np.array([2, 2]), np.array([2, 2])),
+        },
+    )
+    assert out == pytest.approx(
+        {"validation_matched/accuracy": 2 / 3, "validation_mismatched/accuracy": 1.0}
+    )
 
 
 def test_padding_weights_and_bad_input():
     """Weight-0 examples are ignored; test labels (-1) and size mismatches are refused."""
-    out = metrics.glue_metrics("sst2", np.array([1, 0, 1]), np.array([1, 1, 0]),
-                               weights=np.array([1.0, 0.0, 0.0]))
+    out = metrics.glue_metrics(
+        "sst2", np.array([1, 0, 1]), np.array([1, 1, 0]), weights=np.array([1.0, 0.0, 0.0])
+    )
     assert out == {"accuracy": 1.0}
     with pytest.raises(ValueError, match="-1"):
         metrics.glue_metrics("sst2", np.array([1]), np.array([-1]))

@@ -5,6 +5,14 @@ from beex_jax.data.pipeline import GlueInput, create_input, eval_split_names
 from beex_jax.data.tokenizer import build_tokenizer, encode, text_fields
 
 __all__ = [
-    "TASKS", "BeexGlue", "GlueInput", "build_tokenizer", "create_input", "encode",
-    "eval_split_names", "prepare", "read_split", "text_fields",
+    "TASKS",
+    "BeexGlue",
+    "GlueInput",
+    "build_tokenizer",
+    "create_input",
+    "encode",
+    "eval_split_names",
+    "prepare",
+    "read_split",
+    "text_fields",
 ]

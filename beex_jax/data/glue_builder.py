@@ -41,34 +41,65 @@ _MRPC_DEV_IDS_URL = (
 # url -> (bytes, sha256, file name): the published files, exactly as TFDS's glue checksums list.
 _URLS = {
     "https://bit.ly/2BOtOJ7": (
-        222257, "0e13510b1bb14436ff7e2ee82338f0efb0133ecf2e73507a697dc210db3f05fd",
-        "tsvsWithoutLabels_AX.tsv"),
+        222257,
+        "0e13510b1bb14436ff7e2ee82338f0efb0133ecf2e73507a697dc210db3f05fd",
+        "tsvsWithoutLabels_AX.tsv",
+    ),
     _GLUE_URL + "CoLA.zip": (
-        376971, "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff", "CoLA.zip"),
+        376971,
+        "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff",
+        "CoLA.zip",
+    ),
     _GLUE_URL + "MNLI.zip": (
-        312783507, "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633", "MNLI.zip"),
+        312783507,
+        "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633",
+        "MNLI.zip",
+    ),
     _GLUE_URL + "QNLIv2.zip": (
-        10627589, "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5",
-        "QNLIv2.zip"),
+        10627589,
+        "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5",
+        "QNLIv2.zip",
+    ),
     _GLUE_URL + "QQP.zip": (
-        41696084, "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0", "QQP.zip"),
+        41696084,
+        "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0",
+        "QQP.zip",
+    ),
     _GLUE_URL + "RTE.zip": (
-        697150, "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee", "RTE.zip"),
+        697150,
+        "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee",
+        "RTE.zip",
+    ),
     _GLUE_URL + "SST-2.zip": (
-        7439277, "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa", "SST-2.zip"),
+        7439277,
+        "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa",
+        "SST-2.zip",
+    ),
     _GLUE_URL + "STS-B.zip": (
-        802872, "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85", "STS-B.zip"),
+        802872,
+        "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85",
+        "STS-B.zip",
+    ),
     _GLUE_URL + "WNLI.zip": (
-        28999, "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46", "WNLI.zip"),
+        28999,
+        "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46",
+        "WNLI.zip",
+    ),
     _SENTEVAL_URL + "msr_paraphrase_test.txt": (
-        441275, "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784",
-        "msr_paraphrase_test.txt"),
+        441275,
+        "a04e271090879aaba6423d65b94950c089298587d9c084bf9cd7439bd785f784",
+        "msr_paraphrase_test.txt",
+    ),
     _SENTEVAL_URL + "msr_paraphrase_train.txt": (
-        1047044, "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89",
-        "msr_paraphrase_train.txt"),
+        1047044,
+        "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89",
+        "msr_paraphrase_train.txt",
+    ),
     _MRPC_DEV_IDS_URL: (
-        6222, "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7",
-        "data_mrpc_dev_ids.tsv"),
+        6222,
+        "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7",
+        "data_mrpc_dev_ids.tsv",
+    ),
 }
 _MRPC_URLS = {
     "train": _SENTEVAL_URL + "msr_paraphrase_train.txt",
@@ -94,32 +125,78 @@ class TaskSpec:
 
 
 SPECS: dict[str, TaskSpec] = {
-    "cola": TaskSpec("CoLA", (("sentence", "sentence"),), "label",
-                     ("unacceptable", "acceptable"), archive="CoLA.zip"),
-    "sst2": TaskSpec("SST-2", (("sentence", "sentence"),), "label", ("negative", "positive"),
-                     archive="SST-2.zip"),
-    "mrpc": TaskSpec("MRPC", (("sentence1", "#1 String"), ("sentence2", "#2 String")), "Quality",
-                     ("not_equivalent", "equivalent")),
-    "qqp": TaskSpec("QQP", (("question1", "question1"), ("question2", "question2")),
-                    "is_duplicate", ("not_duplicate", "duplicate"), archive="QQP.zip"),
-    "stsb": TaskSpec("STS-B", (("sentence1", "sentence1"), ("sentence2", "sentence2")), "score",
-                     None, archive="STS-B.zip"),
-    "mnli": TaskSpec("MNLI", (("premise", "sentence1"), ("hypothesis", "sentence2")),
-                     "gold_label", _MNLI,
-                     files=(("train", "train.tsv"),
-                            ("validation_matched", "dev_matched.tsv"),
-                            ("validation_mismatched", "dev_mismatched.tsv"),
-                            ("test_matched", "test_matched.tsv"),
-                            ("test_mismatched", "test_mismatched.tsv")),
-                     archive="MNLI.zip"),
-    "qnli": TaskSpec("QNLI", (("question", "question"), ("sentence", "sentence")), "label", _NLI,
-                     archive="QNLIv2.zip"),
-    "rte": TaskSpec("RTE", (("sentence1", "sentence1"), ("sentence2", "sentence2")), "label",
-                    _NLI, archive="RTE.zip"),
-    "wnli": TaskSpec("WNLI", (("sentence1", "sentence1"), ("sentence2", "sentence2")), "label",
-                     ("not_entailment", "entailment"), archive="WNLI.zip"),
-    "ax": TaskSpec("diagnostic", (("premise", "sentence1"), ("hypothesis", "sentence2")), "",
-                   _MNLI, files=(("test", "diagnostic.tsv"),)),
+    "cola": TaskSpec(
+        "CoLA",
+        (("sentence", "sentence"),),
+        "label",
+        ("unacceptable", "acceptable"),
+        archive="CoLA.zip",
+    ),
+    "sst2": TaskSpec(
+        "SST-2", (("sentence", "sentence"),), "label", ("negative", "positive"), archive="SST-2.zip"
+    ),
+    "mrpc": TaskSpec(
+        "MRPC",
+        (("sentence1", "#1 String"), ("sentence2", "#2 String")),
+        "Quality",
+        ("not_equivalent", "equivalent"),
+    ),
+    "qqp": TaskSpec(
+        "QQP",
+        (("question1", "question1"), ("question2", "question2")),
+        "is_duplicate",
+        ("not_duplicate", "duplicate"),
+        archive="QQP.zip",
+    ),
+    "stsb": TaskSpec(
+        "STS-B",
+        (("sentence1", "sentence1"), ("sentence2", "sentence2")),
+        "score",
+        None,
+        archive="STS-B.zip",
+    ),
+    "mnli": TaskSpec(
+        "MNLI",
+        (("premise", "sentence1"), ("hypothesis", "sentence2")),
+        "gold_label",
+        _MNLI,
+        files=(
+            ("train", "train.tsv"),
+            ("validation_matched", "dev_matched.tsv"),
+            ("validation_mismatched", "dev_mismatched.tsv"),
+            ("test_matched", "test_matched.tsv"),
+            ("test_mismatched", "test_mismatched.tsv"),
+        ),
+        archive="MNLI.zip",
+    ),
+    "qnli": TaskSpec(
+        "QNLI",
+        (("question", "question"), ("sentence", "sentence")),
+        "label",
+        _NLI,
+        archive="QNLIv2.zip",
+    ),
+    "rte": TaskSpec(
+        "RTE",
+        (("sentence1", "sentence1"), ("sentence2", "sentence2")),
+        "label",
+        _NLI,
+        archive="RTE.zip",
+    ),
+    "wnli": TaskSpec(
+        "WNLI",
+        (("sentence1", "sentence1"), ("sentence2", "sentence2")),
+        "label",
+        ("not_entailment", "entailment"),
+        archive="WNLI.zip",
+    ),
+    "ax": TaskSpec(
+        "diagnostic",
+        (("premise", "sentence1"), ("hypothesis", "sentence2")),
+        "",
+        _MNLI,
+        files=(("test", "diagnostic.tsv"),),
+    ),
 }
 
 
@@ -132,8 +209,10 @@ def task_spec(task: str) -> TaskSpec:
 
 def registered_url_infos() -> dict[str, tfds_checksums.UrlInfo]:
     """The registered size and sha256 of every GLUE download, keyed by URL."""
-    return {url: tfds_checksums.UrlInfo(size=size, checksum=sha, filename=name)
-            for url, (size, sha, name) in _URLS.items()}
+    return {
+        url: tfds_checksums.UrlInfo(size=size, checksum=sha, filename=name)
+        for url, (size, sha, name) in _URLS.items()
+    }
 
 
 def task_urls(task: str) -> dict[str, str]:
@@ -154,7 +233,8 @@ def glue_dir_files(task: str, glue_dir: str | os.PathLike) -> dict[str, str]:
     if missing:
         raise FileNotFoundError(
             f"GLUE task {task!r}: missing {', '.join(missing)}. Expected the files "
-            f"{', '.join(name for _, name in spec.files)} in {folder} (standard GLUE layout).")
+            f"{', '.join(name for _, name in spec.files)} in {folder} (standard GLUE layout)."
+        )
     return files
 
 
@@ -162,14 +242,16 @@ def manual_dir_files(task: str, manual_dir: str | os.PathLike) -> dict[str, str]
     """Key -> path of the original downloads of `task` in `manual_dir`; raises if any is missing."""
     manual_dir = os.path.expanduser(os.fspath(manual_dir))
     infos = registered_url_infos()
-    files = {key: os.path.join(manual_dir, infos[url].filename)
-             for key, url in task_urls(task).items()}
+    files = {
+        key: os.path.join(manual_dir, infos[url].filename) for key, url in task_urls(task).items()
+    }
     missing = [path for path in files.values() if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(
             f"GLUE task {task!r}: missing {', '.join(missing)}. Expected the original GLUE "
             f"download(s) {', '.join(os.path.basename(p) for p in files.values())} in "
-            f"manual_dir {manual_dir}, or set data.glue_dir to a folder in the GLUE layout.")
+            f"manual_dir {manual_dir}, or set data.glue_dir to a folder in the GLUE layout."
+        )
     return files
 
 
@@ -208,7 +290,8 @@ def read_rows(task: str, split: str, f: IO[str], name: str) -> Iterator[dict[str
         where = f"{name}, line {reader.line_num}"
         if len(row) != len(header):
             raise GlueFormatError(
-                f"{where}: expected {len(header)} tab-separated fields {header}, got {len(row)}.")
+                f"{where}: expected {len(header)} tab-separated fields {header}, got {len(row)}."
+            )
         example = {feature: row[columns[column]] for feature, column in spec.text_features}
         if has_label:
             example["label"] = _label(row[columns[spec.label_column]], spec, where)
@@ -232,14 +315,22 @@ def read_mrpc_sources(split: str, paths: dict[str, str]) -> Iterator[dict[str, A
         header = next(reader)
         for idx, row in enumerate(reader):
             if len(row) != len(header):
-                raise GlueFormatError(f"{paths['train']}, line {reader.line_num}: expected "
-                                      f"{len(header)} tab-separated fields, got {len(row)}.")
+                raise GlueFormatError(
+                    f"{paths['train']}, line {reader.line_num}: expected "
+                    f"{len(header)} tab-separated fields, got {len(row)}."
+                )
             record = dict(zip(header, row, strict=True))
             if ((record["#1 ID"], record["#2 ID"]) in dev_ids) == (split == "validation"):
-                yield {"sentence1": record["#1 String"], "sentence2": record["#2 String"],
-                       "label": _label(record["Quality"], SPECS["mrpc"],
-                                       f"{paths['train']}, line {reader.line_num}"),
-                       "idx": idx}
+                yield {
+                    "sentence1": record["#1 String"],
+                    "sentence2": record["#2 String"],
+                    "label": _label(
+                        record["Quality"],
+                        SPECS["mrpc"],
+                        f"{paths['train']}, line {reader.line_num}",
+                    ),
+                    "idx": idx,
+                }
 
 
 @contextlib.contextmanager
@@ -261,12 +352,15 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "GLUE tasks from a GLUE folder or the original archives."}
+        "1.0.0": "GLUE tasks from a GLUE folder or the original archives."
+    }
     BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
-        tfds.core.BuilderConfig(name=task) for task in TASKS]
+        tfds.core.BuilderConfig(name=task) for task in TASKS
+    ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the original GLUE archives (CoLA.zip, RTE.zip, ...; MRPC: msr_paraphrase_*.txt and "
-        "data_mrpc_dev_ids.tsv; AX: tsvsWithoutLabels_AX.tsv) in manual_dir.")
+        "data_mrpc_dev_ids.tsv; AX: tsvsWithoutLabels_AX.tsv) in manual_dir."
+    )
     # Shadows TFDS's per-builder checksums file: same URLs and sha256 as TFDS's glue.
     url_infos: ClassVar[dict[str, tfds_checksums.UrlInfo]] = registered_url_infos()
 
@@ -282,15 +376,17 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
         return SPECS[self.builder_config.name]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features: dict[str, Any] = {name: tfds.features.Text()
-                                    for name, _ in self.spec.text_features}
+        features: dict[str, Any] = {
+            name: tfds.features.Text() for name, _ in self.spec.text_features
+        }
         classes = self.spec.label_classes
-        features["label"] = (np.float32 if classes is None
-                             else tfds.features.ClassLabel(names=list(classes)))
+        features["label"] = (
+            np.float32 if classes is None else tfds.features.ClassLabel(names=list(classes))
+        )
         features["idx"] = np.int32
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features),
-            homepage="https://gluebenchmark.com/")
+            features=tfds.features.FeaturesDict(features), homepage="https://gluebenchmark.com/"
+        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         task = self.builder_config.name
@@ -299,15 +395,22 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
             return {split: self._generate_examples(split, path) for split, path in files.items()}
         paths = {key: os.fspath(path) for key, path in dl_manager.download(task_urls(task)).items()}
         if task == "mrpc":
-            return {split: self._generate_examples(split, "", paths)
-                    for split in ("train", "validation", "test")}
-        return {split: self._generate_examples(
-                    split, paths["archive"],
-                    member=f"{self.spec.folder}/{name}" if self.spec.archive else "")
-                for split, name in self.spec.files}
+            return {
+                split: self._generate_examples(split, "", paths)
+                for split in ("train", "validation", "test")
+            }
+        return {
+            split: self._generate_examples(
+                split,
+                paths["archive"],
+                member=f"{self.spec.folder}/{name}" if self.spec.archive else "",
+            )
+            for split, name in self.spec.files
+        }
 
-    def _generate_examples(self, split: str, path: str, mrpc_paths: dict[str, str] | None = None,
-                           member: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    def _generate_examples(
+        self, split: str, path: str, mrpc_paths: dict[str, str] | None = None, member: str = ""
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         task = self.builder_config.name
         if mrpc_paths is not None:
             for example in read_mrpc_sources(split, mrpc_paths):
@@ -319,24 +422,32 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
                 yield example["idx"], example
 
 
-def prepare(task: str, tfds_dir: str, *, glue_dir: str | None = None,
-            manual_dir: str | None = None) -> BeexGlue:
+def prepare(
+    task: str, tfds_dir: str, *, glue_dir: str | None = None, manual_dir: str | None = None
+) -> BeexGlue:
     """Prepares `task` as array_record under `tfds_dir` (once) and returns its builder.
 
     Checks the sources first, so that a missing folder or archive fails at once with the paths
     it expected instead of falling through to TFDS's network download.
     """
     task_spec(task)
-    builder = BeexGlue(config=task, data_dir=os.path.expanduser(tfds_dir), glue_dir=glue_dir,
-                       file_format="array_record")
+    builder = BeexGlue(
+        config=task,
+        data_dir=os.path.expanduser(tfds_dir),
+        glue_dir=glue_dir,
+        file_format="array_record",
+    )
     if builder.is_prepared():
         return builder
     if glue_dir is not None:
         glue_dir_files(task, glue_dir)
     elif manual_dir is not None:
         manual_dir_files(task, manual_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir and os.path.expanduser(manual_dir)))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir and os.path.expanduser(manual_dir)
+        )
+    )
     return builder
 
 
@@ -345,8 +456,9 @@ def read_split(task: str, tfds_dir: str, split: str, limit: int = -1) -> dict[st
 
     Returns columns: each text feature as a list of str, `label` and `idx` as numpy arrays.
     """
-    sources = tfds.data_source(f"{BUILDER_NAME}/{task}", data_dir=os.path.expanduser(tfds_dir),
-                               download=False)
+    sources = tfds.data_source(
+        f"{BUILDER_NAME}/{task}", data_dir=os.path.expanduser(tfds_dir), download=False
+    )
     if split not in sources:
         raise ValueError(f"GLUE task {task!r} has no split {split!r}; it has {sorted(sources)}.")
     source = sources[split]
@@ -355,7 +467,8 @@ def read_split(task: str, tfds_dir: str, split: str, limit: int = -1) -> dict[st
     spec = task_spec(task)
     columns: dict[str, Any] = {
         name: [example[name].decode("utf-8") for example in examples]
-        for name, _ in spec.text_features}
+        for name, _ in spec.text_features
+    }
     label_dtype = np.float32 if spec.label_classes is None else np.int32
     columns["label"] = np.array([example["label"] for example in examples], dtype=label_dtype)
     columns["idx"] = np.array([example["idx"] for example in examples], dtype=np.int32)

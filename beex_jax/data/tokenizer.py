@@ -41,15 +41,19 @@ def tokenizer_from_vocab(vocab_file: str) -> Tokenizer:
     vocab = {token: i for i, token in enumerate(tokens)}
     missing = [token for token in SPECIAL_TOKENS[:4] if token not in vocab]
     if missing or vocab.get("[PAD]") != 0:
-        raise ValueError(f"Vocabulary {vocab_file} must hold [PAD] at id 0 and [UNK], [CLS], "
-                         f"[SEP]; missing {missing or ['[PAD] at id 0']}.")
+        raise ValueError(
+            f"Vocabulary {vocab_file} must hold [PAD] at id 0 and [UNK], [CLS], "
+            f"[SEP]; missing {missing or ['[PAD] at id 0']}."
+        )
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = _normalizer()
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
 
@@ -66,8 +70,10 @@ def learn_vocab(texts: Sequence[str], vocab_size: int) -> list[str]:
     tokenizer.normalizer = _normalizer()
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, show_progress=False,
-        special_tokens=[*SPECIAL_TOKENS, *(f"##{c}" for c in chars)])
+        vocab_size=vocab_size,
+        show_progress=False,
+        special_tokens=[*SPECIAL_TOKENS, *(f"##{c}" for c in chars)],
+    )
     tokenizer.train_from_iterator(texts, trainer)
     vocab = tokenizer.get_vocab(with_added_tokens=False)
     return sorted(vocab, key=vocab.__getitem__)
@@ -75,13 +81,15 @@ def learn_vocab(texts: Sequence[str], vocab_size: int) -> list[str]:
 
 def learned_vocab_path(config: ml_collections.ConfigDict) -> str:
     """Where the vocabulary learned for `config.task` is cached (beside its prepared data)."""
-    builder = glue_builder.BeexGlue(config=config.task,
-                                    data_dir=os.path.expanduser(config.data.tfds_dir))
+    builder = glue_builder.BeexGlue(
+        config=config.task, data_dir=os.path.expanduser(config.data.tfds_dir)
+    )
     return os.path.join(os.fspath(builder.data_dir), f"wordpiece-{config.data.vocab_size}.txt")
 
 
-def build_tokenizer(config: ml_collections.ConfigDict,
-                    train_texts: Iterable[str] | None = None) -> Tokenizer:
+def build_tokenizer(
+    config: ml_collections.ConfigDict, train_texts: Iterable[str] | None = None
+) -> Tokenizer:
     """Loads `config.data.vocab_file`, or learns (once, cached) a vocab from the train split.
 
     `train_texts` saves re-reading the train split when the caller already has its texts.
@@ -91,8 +99,12 @@ def build_tokenizer(config: ml_collections.ConfigDict,
     path = learned_vocab_path(config)
     if not os.path.exists(path):
         if train_texts is None:
-            glue_builder.prepare(config.task, config.data.tfds_dir, glue_dir=config.data.glue_dir,
-                                 manual_dir=config.data.manual_dir)
+            glue_builder.prepare(
+                config.task,
+                config.data.tfds_dir,
+                glue_dir=config.data.glue_dir,
+                manual_dir=config.data.manual_dir,
+            )
             columns = glue_builder.read_split(config.task, config.data.tfds_dir, "train")
             train_texts = [text for field in text_fields(config.task) for text in columns[field]]
         tokens = learn_vocab(list(train_texts), config.data.vocab_size)
@@ -101,8 +113,9 @@ def build_tokenizer(config: ml_collections.ConfigDict,
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(f"{token}\n" for token in tokens))
         os.replace(tmp, path)
-        logging.info("Learned a %d-token WordPiece vocabulary for %s: %s",
-                     len(tokens), config.task, path)
+        logging.info(
+            "Learned a %d-token WordPiece vocabulary for %s: %s", len(tokens), config.task, path
+        )
     return tokenizer_from_vocab(path)
 
 
@@ -111,9 +124,14 @@ def text_fields(task: str) -> tuple[str, ...]:
     return tuple(name for name, _ in glue_builder.task_spec(task).text_features)
 
 
-def encode(tokenizer: Tokenizer, texts_a: Sequence[str],
-           texts_b: Sequence[str] | None = None, *, max_length: int,
-           log_truncation: bool = True) -> dict[str, np.ndarray]:
+def encode(
+    tokenizer: Tokenizer,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None = None,
+    *,
+    max_length: int,
+    log_truncation: bool = True,
+) -> dict[str, np.ndarray]:
     """Encodes texts (or pairs) as `[CLS] a [SEP] (b [SEP])`, truncated and padded to max_length.
 
     Returns int32 `input_ids`, `segment_ids`, `mask` [N, max_length], the unpadded `length` [N]
@@ -124,15 +142,22 @@ def encode(tokenizer: Tokenizer, texts_a: Sequence[str],
         raise ValueError(f"max_length={max_length} leaves no room for [CLS]/[SEP].")
     if texts_b is not None and len(texts_b) != len(texts_a):
         raise ValueError(f"{len(texts_a)} first texts but {len(texts_b)} second texts.")
-    truncation = {"max_length": max_length, "stride": 0, "strategy": "longest_first",
-                  "direction": "right"}
+    truncation = {
+        "max_length": max_length,
+        "stride": 0,
+        "strategy": "longest_first",
+        "direction": "right",
+    }
     if tokenizer.truncation != truncation:  # Set once: it is shared, mutable tokenizer state.
         tokenizer.enable_truncation(max_length, strategy="longest_first")
     if tokenizer.padding is not None:
         tokenizer.no_padding()
     clean_a = [text or "" for text in texts_a]
-    inputs = (clean_a if texts_b is None
-              else list(zip(clean_a, (text or "" for text in texts_b), strict=True)))
+    inputs = (
+        clean_a
+        if texts_b is None
+        else list(zip(clean_a, (text or "" for text in texts_b), strict=True))
+    )
     encodings = tokenizer.encode_batch(inputs) if inputs else []
     n = len(encodings)
     input_ids = np.zeros((n, max_length), np.int32)
@@ -142,12 +167,21 @@ def encode(tokenizer: Tokenizer, texts_a: Sequence[str],
     for i, encoding in enumerate(encodings):
         ids = encoding.ids
         length[i] = len(ids)
-        input_ids[i, :len(ids)] = ids
-        segment_ids[i, :len(ids)] = encoding.type_ids
+        input_ids[i, : len(ids)] = ids
+        segment_ids[i, : len(ids)] = encoding.type_ids
         truncated[i] = bool(encoding.overflowing)
     mask = (np.arange(max_length)[None, :] < length[:, None]).astype(np.int32)
     if log_truncation and truncated.any():
-        logging.info("Truncated %d of %d inputs longer than max_length=%d tokens.",
-                     int(truncated.sum()), n, max_length)
-    return {"input_ids": input_ids, "segment_ids": segment_ids, "mask": mask, "length": length,
-            "truncated": truncated}
+        logging.info(
+            "Truncated %d of %d inputs longer than max_length=%d tokens.",
+            int(truncated.sum()),
+            n,
+            max_length,
+        )
+    return {
+        "input_ids": input_ids,
+        "segment_ids": segment_ids,
+        "mask": mask,
+        "length": length,
+        "truncated": truncated,
+    }

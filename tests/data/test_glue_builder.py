@@ -22,8 +22,13 @@ README_ROWS = {
     "wnli": {"train": 635, "validation": 71, "test": 146},
     "qnli": {"train": None, "validation": 5463, "test": 5463},
     "qqp": {"train": None, "validation": None, "test": None},
-    "mnli": {"train": None, "validation_matched": None, "validation_mismatched": None,
-             "test_matched": None, "test_mismatched": None},
+    "mnli": {
+        "train": None,
+        "validation_matched": None,
+        "validation_mismatched": None,
+        "test_matched": None,
+        "test_mismatched": None,
+    },
     "ax": {"test": 1104},
 }
 ARCHIVE_TASKS = ("cola", "rte", "stsb", "wnli")  # Their GLUE archives are in glue/_archives.
@@ -111,24 +116,31 @@ def _manual_dir_of_links(tmp_path: pathlib.Path, links: dict[str, pathlib.Path])
 def test_mrpc_from_original_sources_matches_glue_files(glue_dir, tfds_dir, tmp_path):
     """MRPC built by TFDS's rule from the SentEval files has the rows of GLUE's MRPC tsvs."""
     mrpc = glue_dir / "MRPC"
-    manual = _manual_dir_of_links(tmp_path, {
-        "msr_paraphrase_train.txt": mrpc / "msr_paraphrase_train.txt",
-        "msr_paraphrase_test.txt": mrpc / "msr_paraphrase_test.txt",
-        "data_mrpc_dev_ids.tsv": mrpc / "mrpc_dev_ids.tsv"})
+    manual = _manual_dir_of_links(
+        tmp_path,
+        {
+            "msr_paraphrase_train.txt": mrpc / "msr_paraphrase_train.txt",
+            "msr_paraphrase_test.txt": mrpc / "msr_paraphrase_test.txt",
+            "data_mrpc_dev_ids.tsv": mrpc / "mrpc_dev_ids.tsv",
+        },
+    )
     glue_builder.prepare("mrpc", str(tmp_path / "tfds"), manual_dir=str(manual))
     glue_builder.prepare("mrpc", str(tfds_dir), glue_dir=str(glue_dir))
     for split in ("train", "validation", "test"):
         a = glue_builder.read_split("mrpc", str(tmp_path / "tfds"), split)
         b = glue_builder.read_split("mrpc", str(tfds_dir), split)
-        rows = [sorted(zip(c["sentence1"], c["sentence2"], c["label"].tolist(), strict=True))
-                for c in (a, b)]
+        rows = [
+            sorted(zip(c["sentence1"], c["sentence2"], c["label"].tolist(), strict=True))
+            for c in (a, b)
+        ]
         assert rows[0] == rows[1], split
 
 
 def test_ax_download_path(glue_dir, tmp_path):
     """AX is one plain .tsv download, checksum-verified."""
     manual = _manual_dir_of_links(
-        tmp_path, {"tsvsWithoutLabels_AX.tsv": glue_dir / "diagnostic" / "diagnostic.tsv"})
+        tmp_path, {"tsvsWithoutLabels_AX.tsv": glue_dir / "diagnostic" / "diagnostic.tsv"}
+    )
     builder = glue_builder.prepare("ax", str(tmp_path / "tfds"), manual_dir=str(manual))
     assert builder.info.splits["test"].num_examples == 1104
 
@@ -148,9 +160,13 @@ def test_preparing_writes_nothing_outside_tfds_dir(glue_dir, tmp_path):
     watched = [pathlib.Path(tfds.__file__).parent, pathlib.Path(glue_builder.__file__).parent]
 
     def snapshot():
-        return {(root, name, os.stat(os.path.join(root, name)).st_mtime_ns)
-                for folder in watched for root, _, names in os.walk(folder)
-                for name in names if not name.endswith(".pyc")}
+        return {
+            (root, name, os.stat(os.path.join(root, name)).st_mtime_ns)
+            for folder in watched
+            for root, _, names in os.walk(folder)
+            for name in names
+            if not name.endswith(".pyc")
+        }
 
     before = snapshot()
     glue_builder.prepare("wnli", str(tmp_path / "tfds"), manual_dir=str(glue_dir / "_archives"))

@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 from beex_jax import data
 from beex_jax.data import pipeline
 
-KEYS = {"input_ids": np.int32, "segment_ids": np.int32, "mask": np.int32, "label": np.int32,
-        "weight": np.float32, "idx": np.int32}
+KEYS = {
+    "input_ids": np.int32,
+    "segment_ids": np.int32,
+    "mask": np.int32,
+    "label": np.int32,
+    "weight": np.float32,
+    "idx": np.int32,
+}
 
 
 def take(iterator, n):
@@ -74,12 +80,14 @@ def test_state_restores_the_exact_next_batch(sst2_input):
             np.testing.assert_array_equal(want[key], got[key])
 
 
-def test_processes_read_disjoint_slices_of_the_global_batch(sst2_input, make_config,
-                                                            bert_vocab_file):
+def test_processes_read_disjoint_slices_of_the_global_batch(
+    sst2_input, make_config, bert_vocab_file
+):
     """Each of 2 processes gets half of every global batch, with the same T."""
     config = sst2_input.config
-    shards = [pipeline.GlueInput(config, sst2_input.tokenizer, sst2_input._train, i, 2)
-              for i in range(2)]
+    shards = [
+        pipeline.GlueInput(config, sst2_input.tokenizer, sst2_input._train, i, 2) for i in range(2)
+    ]
     iterators = [shard.train_iterator(0) for shard in shards]
     for whole in take(sst2_input.train_iterator(0), 10):
         halves = [next(it) for it in iterators]
@@ -104,14 +112,17 @@ def test_eval_sees_every_example_once_with_padded_last_batch(sst2_input):
     labels = np.concatenate([b["label"] for b in batches])[weight == 1]
     assert set(labels) == {0, 1}
     test = list(sst2_input.eval_batches("test"))
-    assert (np.concatenate([b["label"] for b in test])[
-        np.concatenate([b["weight"] for b in test]) == 1] == -1).all()
+    assert (
+        np.concatenate([b["label"] for b in test])[np.concatenate([b["weight"] for b in test]) == 1]
+        == -1
+    ).all()
 
 
 def test_max_eval_examples_and_pair_task(make_config, bert_vocab_file):
     """STS-B: pair inputs with segment ids, float labels, first N dev examples."""
-    config = make_config("stsb", vocab_file=str(bert_vocab_file), max_train_examples=100,
-                         max_eval_examples=50)
+    config = make_config(
+        "stsb", vocab_file=str(bert_vocab_file), max_train_examples=100, max_eval_examples=50
+    )
     config.batch_size, config.eval_batch_size = 8, 32
     stsb = data.create_input(config, process_index=0, process_count=1)
     assert stsb.num_train_examples == 100 and stsb.steps_per_epoch == 12
@@ -123,13 +134,16 @@ def test_max_eval_examples_and_pair_task(make_config, bert_vocab_file):
 
 def test_overlong_examples_are_truncated_and_counted(make_config, bert_vocab_file, caplog):
     """RTE pairs longer than max_length are cut to it, and the count is logged."""
-    config = make_config("rte", vocab_file=str(bert_vocab_file), max_length=32,
-                         max_train_examples=200)
+    config = make_config(
+        "rte", vocab_file=str(bert_vocab_file), max_length=32, max_train_examples=200
+    )
     with caplog.at_level(logging.INFO):
         rte = data.create_input(config, process_index=0, process_count=1)
     assert rte._train.length.max() == 32 and rte.allowed_lengths.tolist() == [16, 32]
-    assert "rte train: truncated" in caplog.text and "of 200 examples longer than max_length=32" \
-        in caplog.text
+    assert (
+        "rte train: truncated" in caplog.text
+        and "of 200 examples longer than max_length=32" in caplog.text
+    )
 
 
 def test_eval_split_names():
@@ -147,8 +161,12 @@ def test_create_input_rejects_unknown_task(make_config):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(2, 128), min_size=1, max_size=300), st.integers(1, 16),
-       st.integers(0, 3), st.integers(1, 8))
+@given(
+    st.lists(st.integers(2, 128), min_size=1, max_size=300),
+    st.integers(1, 16),
+    st.integers(0, 3),
+    st.integers(1, 8),
+)
 def test_epoch_plan_is_a_drop_remainder_permutation(lengths, batch_size, epoch, window):
     """Any plan uses distinct examples, whole batches only, and sorts inside windows."""
     lengths = np.array(lengths)

@@ -21,12 +21,13 @@ def bert(bert_vocab_file):
 def test_bert_vocab_special_ids_and_lowercase(bert):
     """[PAD]=0, BERT's ids for [CLS]/[SEP], lower-cased with accents stripped."""
     out = data.encode(bert, ["Hello WORLD, Héllo!"], max_length=10)
-    tokens = [bert.id_to_token(i) for i in out["input_ids"][0, :out["length"][0]]]
+    tokens = [bert.id_to_token(i) for i in out["input_ids"][0, : out["length"][0]]]
     assert tokens == ["[CLS]", "hello", "world", ",", "hello", "!", "[SEP]"]
     assert bert.token_to_id("[PAD]") == 0 and out["input_ids"][0, 7:].tolist() == [0, 0, 0]
     assert out["mask"][0].tolist() == [1] * 7 + [0] * 3
     assert {k: v.dtype for k, v in out.items() if k != "truncated"} == dict.fromkeys(
-        ("input_ids", "segment_ids", "mask", "length"), np.dtype(np.int32))
+        ("input_ids", "segment_ids", "mask", "length"), np.dtype(np.int32)
+    )
 
 
 def test_empty_text_is_cls_sep(bert):
@@ -82,7 +83,7 @@ def test_learned_task_vocab_is_cached_beside_the_data(make_config, tfds_dir):
     assert os.stat(path).st_mtime_ns == mtime
     assert tok.token_to_id("[PAD]") == 0 and 1000 < tok.get_vocab_size() <= 2000
     out = data.encode(tok, ["The trophy doesn't fit"], ["It is too big"], max_length=16)
-    assert tok.token_to_id("[UNK]") not in out["input_ids"][0, :out["length"][0]]
+    assert tok.token_to_id("[UNK]") not in out["input_ids"][0, : out["length"][0]]
 
 
 def test_text_fields():
