@@ -114,13 +114,18 @@ def _group(path: tuple[Any, ...]) -> str:
     return "blocks"
 
 
-def size_report(params: Params, *, scale: str = "per_channel") -> dict[str, Any]:
-    """Bytes of the packed model vs its float32 counterpart, with a per-group breakdown."""
+def size_report(
+    params: Params, *, scale: str = "per_channel", binarize: bool = True
+) -> dict[str, Any]:
+    """Bytes of the packed model vs its float32 counterpart, with a per-group breakdown.
+
+    `binarize=False` (the full-precision model) packs nothing: its ratio is 1.
+    """
     groups: dict[str, dict[str, int]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         count = math.prod(np.shape(leaf))
         float_bytes = 4 * count
-        if bz.is_binary_path(path):
+        if binarize and bz.is_binary_path(path):
             name = _leaf_name(path)
             alpha_shape = jax.eval_shape(
                 lambda w, n=name: bz.scale_factor(w, scale=scale, axis=_alpha_axis(n)),

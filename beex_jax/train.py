@@ -329,7 +329,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         "dev": results,
         "best_step": best_step,
         "best_score": best_score,
-        "size": packing.size_report(state.params, scale=model_config.scale),
+        "size": packing.size_report(
+            state.params, scale=model_config.scale, binarize=model_config.binarize
+        ),
     }
     if is_main:
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -153,3 +153,10 @@ def test_packed_model_equals_latent_model():
     out = jax.jit(BEExformer(packed_cfg).apply)({"params": exported}, ids, segments, mask)
     np.testing.assert_array_equal(out, latent)
     assert float(jnp.std(latent)) > 0
+
+
+def test_size_report_of_the_full_precision_model_packs_nothing():
+    params = {"dense": {"binary_kernel": np.ones((16, 8), np.float32), "bias": np.ones(8)}}
+    report = packing.size_report(params, binarize=False)
+    assert report["ratio"] == 1.0
+    assert report["packed_bytes"] == report["float32_bytes"] == 4 * (16 * 8 + 8)
