@@ -56,7 +56,8 @@ def soft_exit_probabilities(r: jax.Array, *, delta: float, tau: float) -> jax.Ar
 def exit_signals(all_logits: jax.Array) -> jax.Array:
     """r [L, B] for every exit (SPEC §3); r[0] has no previous exit and is 0."""
     r = exit_signal(all_logits[:-1], all_logits[1:])
-    return jnp.concatenate([jnp.zeros_like(r[:1]), r], axis=0)
+    first = jnp.zeros((1, *all_logits.shape[1:-1]), r.dtype)  # Also right when L == 1.
+    return jnp.concatenate([first, r], axis=0)
 
 
 def mean_loss(losses: jax.Array) -> jax.Array:

@@ -183,3 +183,12 @@ def test_every_block_receives_gradient(tiny_model):
     for (name, lam), block_norms, embed_norm in zip(VARIANTS, blocks, embed, strict=True):
         assert np.all(block_norms > 0), (name, lam, block_norms)
         assert embed_norm > 0, (name, lam)
+
+
+def test_single_exit_model_routes_everything_to_its_only_exit():
+    logits = jnp.zeros((1, 4, 2))
+    loss, metrics = losses.exit_loss(
+        logits, jnp.zeros(4, jnp.int32), jnp.ones(4), name="soft_routing", num_classes=2
+    )
+    np.testing.assert_allclose(metrics["exit_probability"], [1.0])
+    np.testing.assert_allclose(loss, 2 * np.log(2), rtol=1e-6)  # q-term + lam * mean term.
