@@ -36,6 +36,7 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
     Outputs are replicated so that every process can read all of them.
     """
     model_config = ModelConfig.from_config(config.model)
+    exit_config = ex.ExitConfig.from_config(config.exit)
 
     def step(params, batch):
         all_logits = early_exit.full_depth_logits(
@@ -45,14 +46,17 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
             batch["mask"],
             model_config=model_config,
         )
-        early = early_exit.predict_early_exit(params, batch, config)
+        # Every exit's logits are needed here anyway, and the online policy applied to them is
+        # exactly what early-exit inference returns (tests/test_early_exit.py), so the blocks
+        # are not run a second time.
+        decision = ex.apply_policy(all_logits, exit_config)
         lengths = jnp.sum(batch["mask"], axis=-1).astype(jnp.int32)
         return {
             "exit_predictions": ex.prediction(all_logits),  # [L, B]
-            "prediction": early["prediction"],
-            "exit_index": early["exit_index"],
-            "last_block": early["last_block"],
-            "flops": early["flops"],
+            "prediction": ex.prediction(ex.gather_exit(all_logits, decision.exit_index)),
+            "exit_index": decision.exit_index,
+            "last_block": decision.last_block,
+            "flops": flops.per_example_flops(model_config, lengths, decision.last_block),
             "full_flops": flops.full_depth_flops(model_config, lengths),
             "label": batch["label"],
             "weight": batch["weight"],
