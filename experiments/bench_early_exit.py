@@ -39,6 +39,7 @@ from beex_jax import early_exit, flops
 from beex_jax import exits as ex
 from beex_jax.model import ModelConfig, init_params
 from configs import glue
+from experiments.machine import cpu_model
 
 _apply_policy = jax.jit(ex.apply_policy)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"
@@ -100,17 +101,6 @@ def timed(fn, batches) -> float:
     for batch in batches:
         jax.block_until_ready(fn(batch))
     return time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's best guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beex_jax import predict
 from beex_jax.data import glue_builder
+from experiments.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
 DEFAULT_GLUE = os.environ.get(
@@ -56,17 +57,6 @@ def dev_set(glue_dir: str, task: str) -> tuple[list[tuple[str, ...]], np.ndarray
     with open(path, encoding="utf-8") as f:
         rows = list(glue_builder.read_rows(task, "validation", f, path))
     return [tuple(row[k] for k in fields) for row in rows], np.array([r["label"] for r in rows])
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's best guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(predictor, encoded, labels, repeats: int) -> dict:

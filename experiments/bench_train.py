@@ -42,19 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from beex_jax import flops, optim, train
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
+from experiments.machine import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
-
-
-def cpu_model() -> str:
-    """The processor's name from /proc/cpuinfo (platform's answer elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def random_batch(rng: np.random.Generator, batch: int, length: int, vocab: int) -> dict:
