@@ -99,7 +99,9 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         "last_exit": round(100 * best[f"{split}/exit_{num_layers}/{primary}"], 2),
         "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
         "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
-        "size_ratio": round(summary["size"]["ratio"], 2),
+        # A full-precision model is stored as float32: nothing is packed (older summaries of
+        # float runs carried the ratio their parameters would have if binarized).
+        "size_ratio": round(summary["size"]["ratio"], 2) if config["model"]["binarize"] else 1.0,
         "vocab_size": summary["vocab_size"],
         "train_minutes": round(wall / 60, 1),
         "exit_histogram": best[f"{split}/exit_histogram"],
