@@ -88,7 +88,8 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
     primary = metrics.primary_metric_name(task)
     best = best_evaluation(workdir, task)
     split = next(k.split("/")[0] for k in best if k.endswith(f"/early_exit/{primary}"))
-    wall = json.loads((workdir / "run.json").read_text())["wall_seconds"]
+    run_record = json.loads((workdir / "run.json").read_text())
+    wall = run_record["wall_seconds"]
     return {
         "run": run.name,
         **dict(run.tags),
@@ -106,6 +107,7 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         "train_minutes": round(wall / 60, 1),
         "exit_histogram": best[f"{split}/exit_histogram"],
         "workdir": str(workdir),
+        "command": run_record["command"],
     }
 
 
@@ -120,7 +122,8 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    shown = [c for c in columns if c not in ("workdir", "exit_histogram", "overrides")]
+    hidden = ("workdir", "exit_histogram", "overrides", "command")
+    shown = [c for c in columns if c not in hidden]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in shown) + " |" for row in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
