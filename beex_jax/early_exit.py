@@ -47,15 +47,18 @@ def _inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
     return input_ids, segment_ids, mask
 
 
+def _lengths(mask: jax.Array) -> jax.Array:
+    return jnp.sum(mask, axis=-1).astype(jnp.int32)
+
+
 def _outputs(
     model_config: ModelConfig,
-    mask: jax.Array,
+    lengths: jax.Array,
     logits: jax.Array,
     exit_index: jax.Array,
     last_block: jax.Array,
 ) -> dict[str, jax.Array]:
     """The prediction dict shared by both inference paths."""
-    lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
     return {
         "logits": logits.astype(jnp.float32),
         "prediction": ex.prediction(logits),
@@ -63,6 +66,23 @@ def _outputs(
         "last_block": last_block.astype(jnp.int32),
         "flops": flops.per_example_flops(model_config, lengths, last_block.astype(jnp.int32)),
     }
+
+
+def apply_exit_policy(
+    all_logits: jax.Array,
+    lengths: jax.Array,
+    exit_config: ex.ExitConfig,
+    *,
+    model_config: ModelConfig,
+) -> dict[str, jax.Array]:
+    """The early-exit answer from the logits of every exit [L, B, C]: policy, gather, FLOPs.
+
+    Equal to what `predict_early_exit` returns (tests/test_early_exit.py), so code that has every
+    exit's logits anyway (evaluation, policy sweeps) uses this instead of running blocks again.
+    """
+    decision = ex.apply_policy(all_logits, exit_config)
+    logits = ex.gather_exit(all_logits, decision.exit_index)
+    return _outputs(model_config, lengths, logits, decision.exit_index, decision.last_block)
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -90,9 +110,7 @@ def full_depth_forward(
 ) -> dict[str, jax.Array]:
     """The reference on arrays: all blocks, then the exit policy on every exit, then a gather."""
     all_logits = full_depth_logits(params, input_ids, segment_ids, mask, model_config=model_config)
-    decision = ex.apply_policy(all_logits, exit_config)
-    logits = ex.gather_exit(all_logits, decision.exit_index)
-    return _outputs(model_config, mask, logits, decision.exit_index, decision.last_block)
+    return apply_exit_policy(all_logits, _lengths(mask), exit_config, model_config=model_config)
 
 
 def _permute(tree: Any, order: jax.Array) -> Any:
@@ -184,7 +202,9 @@ def early_exit_forward(
     blocks_run, _, rows, out, rows_run = jax.lax.while_loop(cond, body, init)
     # Back from slot order to example order, padding dropped.
     out = _permute(out, jnp.argsort(rows["example"])[:batch_size])
-    outputs = _outputs(cfg, mask[:batch_size], out["logits"], out["exit_index"], out["last_block"])
+    outputs = _outputs(
+        cfg, _lengths(mask[:batch_size]), out["logits"], out["exit_index"], out["last_block"]
+    )
     return outputs, {"blocks_run": blocks_run, "rows_run": rows_run}
 
 

@@ -47,16 +47,17 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
             model_config=model_config,
         )
         # Every exit's logits are needed here anyway, and the online policy applied to them is
-        # exactly what early-exit inference returns (tests/test_early_exit.py), so the blocks
-        # are not run a second time.
-        decision = ex.apply_policy(all_logits, exit_config)
+        # exactly what early-exit inference returns, so the blocks are not run a second time.
         lengths = jnp.sum(batch["mask"], axis=-1).astype(jnp.int32)
+        early = early_exit.apply_exit_policy(
+            all_logits, lengths, exit_config, model_config=model_config
+        )
         return {
             "exit_predictions": ex.prediction(all_logits),  # [L, B]
-            "prediction": ex.prediction(ex.gather_exit(all_logits, decision.exit_index)),
-            "exit_index": decision.exit_index,
-            "last_block": decision.last_block,
-            "flops": flops.per_example_flops(model_config, lengths, decision.last_block),
+            "prediction": early["prediction"],
+            "exit_index": early["exit_index"],
+            "last_block": early["last_block"],
+            "flops": early["flops"],
             "full_flops": flops.full_depth_flops(model_config, lengths),
             "label": batch["label"],
             "weight": batch["weight"],

@@ -67,20 +67,17 @@ def dev_logits(params: Any, config: Any, split: str) -> dict[str, np.ndarray]:
     }
 
 
-@jax.jit
-def _decide(all_logits: jax.Array, exit_config: ex.ExitConfig) -> tuple[jax.Array, ...]:
-    decision = ex.apply_policy(all_logits, exit_config)
-    answer = ex.prediction(ex.gather_exit(all_logits, decision.exit_index))
-    return answer, decision.exit_index, decision.last_block
+_decide = jax.jit(early_exit.apply_exit_policy, static_argnames="model_config")
 
 
 def evaluate_policy(
     outputs: dict[str, np.ndarray], exit_config: ex.ExitConfig, model_config: ModelConfig, task: str
 ) -> dict[str, Any]:
     """Dev metric, mean exit block and FLOPs fraction of one policy setting."""
-    answer, exit_index, last_block = _decide(jnp.asarray(outputs["logits"]), exit_config)
     lengths = jnp.asarray(outputs["length"])
-    spent = flops.per_example_flops(model_config, lengths, last_block)
+    early = _decide(jnp.asarray(outputs["logits"]), lengths, exit_config, model_config=model_config)
+    answer, exit_index = early["prediction"], early["exit_index"]
+    spent = early["flops"]
     full = flops.full_depth_flops(model_config, lengths)
     primary = metrics.primary_metric_name(task)
     return {
