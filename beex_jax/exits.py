@@ -27,13 +27,14 @@ exactly when the rule fired under "previous": `last_block = min(exit_index + 1, 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from beex_jax.config_fields import dataclass_from_section
 
 POLICIES = ("entropy_reduction", "entropy_threshold", "patience")
 ANSWER_FROM = ("current", "previous")
@@ -94,12 +95,7 @@ class ExitConfig:
     @classmethod
     def from_config(cls, exit_config: Any) -> ExitConfig:
         """Builds and validates from a `config.exit` ConfigDict (or mapping)."""
-        values = dict(exit_config.items()) if hasattr(exit_config, "items") else exit_config
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"Unknown exit config keys {unknown}; valid: {sorted(names)}.")
-        return cls(**values).validate()
+        return dataclass_from_section(cls, exit_config, "exit").validate()
 
     def validate(self) -> ExitConfig:
         """Raises ValueError on an unknown policy / answer_from or inconsistent settings."""

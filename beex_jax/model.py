@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from beex_jax.config_fields import dataclass_from_section
 from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHeadAttention
 
 Params = Any
@@ -48,12 +49,7 @@ class ModelConfig:
     @classmethod
     def from_config(cls, model_config: Any) -> ModelConfig:
         """Builds from a `config.model` ConfigDict (or any mapping); unknown keys are an error."""
-        values = dict(model_config.items()) if hasattr(model_config, "items") else model_config
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"Unknown model config keys {unknown}; valid: {sorted(names)}.")
-        return cls(**values)
+        return dataclass_from_section(cls, model_config, "model")
 
     @property
     def activation_dtype(self) -> jnp.dtype:
