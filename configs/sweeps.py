@@ -114,8 +114,8 @@ TARGET_CHANGES = {
     "dropout0.2": (("model.dropout_rate", 0.2),),
     "lr2e-3": (("optim.learning_rate", 2e-3),),
 }
-TARGET_COMBINATION = ("per_tensor",)
-TARGET_LONG_EPOCHS = 4
+TARGET_COMBINATION = ("per_tensor", "bert_vocab", "dropout0.2")
+TARGET_LONG_EPOCHS = 3
 
 
 def target(budget: str = "cpu") -> list[Run]:

@@ -80,6 +80,25 @@ def best_evaluation(workdir: Path, task: str) -> dict[str, Any]:
     return best
 
 
+def last_evaluation(workdir: Path) -> dict[str, Any]:
+    """The last dev evaluation record in the run's metrics.jsonl."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if any("/early_exit/" in key for key in r)]
+    if not evaluations:
+        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
+    return evaluations[-1]
+
+
+def early_exit_metrics(record: dict[str, Any], split: str, skip: str = "") -> str:
+    """`name=value` (percent) for the early-exit metrics of one evaluation record."""
+    prefix = f"{split}/early_exit/"
+    return " ".join(
+        f"{key[len(prefix) :]}={100 * value:.2f}"
+        for key, value in sorted(record.items())
+        if key.startswith(prefix) and key[len(prefix) :] != skip
+    )
+
+
 def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
     """One table row from a finished run."""
     summary = json.loads((workdir / "summary.json").read_text())
@@ -98,6 +117,11 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         "best_step": best["step"],
         "early_exit": round(100 * best[f"{split}/early_exit/{primary}"], 2),
         "last_exit": round(100 * best[f"{split}/exit_{num_layers}/{primary}"], 2),
+        # The task's other GLUE metrics at the same evaluation (e.g. MRPC accuracy beside F1).
+        "other_early_exit": early_exit_metrics(best, split, skip=primary),
+        # Every early-exit metric at the end of training (the best evaluation may be an early
+        # one, e.g. a model answering MRPC's majority class, whose F1 is high).
+        "final_early_exit": early_exit_metrics(last_evaluation(workdir), split),
         "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
         "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
         # A full-precision model is stored as float32: nothing is packed (older summaries of
