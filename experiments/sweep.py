@@ -66,27 +66,25 @@ def train(run: sweeps.Run, workdir: Path) -> None:
     record_path.write_text(json.dumps(record, indent=2))
 
 
+def evaluations(workdir: Path, task: str) -> list[dict[str, Any]]:
+    """The run's dev evaluation records (those with an early-exit primary metric), in order."""
+    primary = metrics.primary_metric_name(task)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    found = [r for r in records if any(k.endswith(f"/early_exit/{primary}") for k in r)]
+    if not found:
+        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
+    return found
+
+
 def best_evaluation(workdir: Path, task: str) -> dict[str, Any]:
     """The dev evaluation record with the best early-exit primary metric (first dev split)."""
     primary = metrics.primary_metric_name(task)
-    best = None
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        keys = [k for k in record if k.endswith(f"/early_exit/{primary}")]
-        if keys and (best is None or record[keys[0]] > best[keys[0]]):
-            best = record
-    if best is None:
-        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
-    return best
 
+    def score(record: dict[str, Any]) -> float:
+        return next(v for k, v in record.items() if k.endswith(f"/early_exit/{primary}"))
 
-def last_evaluation(workdir: Path) -> dict[str, Any]:
-    """The last dev evaluation record in the run's metrics.jsonl."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    evaluations = [r for r in records if any("/early_exit/" in key for key in r)]
-    if not evaluations:
-        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
-    return evaluations[-1]
+    # max() keeps the first of equal scores: the earliest evaluation, as the recipe does.
+    return max(evaluations(workdir, task), key=score)
 
 
 def early_exit_metrics(record: dict[str, Any], split: str, skip: str = "") -> str:
@@ -121,7 +119,7 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         "other_early_exit": early_exit_metrics(best, split, skip=primary),
         # Every early-exit metric at the end of training (the best evaluation may be an early
         # one, e.g. a model answering MRPC's majority class, whose F1 is high).
-        "final_early_exit": early_exit_metrics(last_evaluation(workdir), split),
+        "final_early_exit": early_exit_metrics(evaluations(workdir, task)[-1], split),
         "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
         "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
         # A full-precision model is stored as float32: nothing is packed (older summaries of
