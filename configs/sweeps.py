@@ -147,6 +147,16 @@ def target(budget: str = "cpu") -> list[Run]:
                 (("change", name), ("epochs", "1"), ("precision", "binary")),
             )
         )
+    # A second seed of the baseline and of the best single change: how large is seed noise?
+    for name, overrides in (("none", ()), ("bert_vocab", TARGET_CHANGES["bert_vocab"])):
+        runs.append(
+            Run(
+                f"sst2-target-{name}-seed1",
+                "task=sst2",
+                (*overrides, ("seed", 1), ("num_epochs", 1)),
+                (("change", f"{name}, seed 1"), ("epochs", "1"), ("precision", "binary")),
+            )
+        )
     combined = tuple(kv for name in TARGET_COMBINATION for kv in TARGET_CHANGES[name])
     for precision, binarize in (("binary", True), ("float", False)):
         runs.append(
