@@ -58,7 +58,7 @@ def plot_pareto(policies: dict[str, Any], out: Path) -> Path:
                 )
         ax.axhline(100 * model["per_exit_metric"][-1], color="gray", ls="--", label="last exit")
         kind = "binarized" if model["binarize"] else "full precision"
-        ax.set_title(f"{model['task']} ({kind})")
+        ax.set_title(f"{Path(model['workdir']).name} ({kind})", fontsize=10)
         ax.set_xlabel("mean FLOPs, % of full depth")
         ax.set_ylabel(f"dev {model['metric']} (%)")
         ax.grid(alpha=0.3)
