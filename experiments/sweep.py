@@ -87,6 +87,26 @@ def best_evaluation(workdir: Path, task: str) -> dict[str, Any]:
     return max(evaluations(workdir, task), key=score)
 
 
+def learning_curve(workdir: Path, split: str, primary: str) -> list[dict[str, float]]:
+    """Per evaluation: step, dev early-exit metric and the last logged train-batch accuracy.
+
+    The train figure is the last exit's accuracy on the batch logged just before the evaluation
+    (with dropout), absent for regression tasks.
+    """
+    curve, train_accuracy = [], None
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "accuracy_per_exit" in record:
+            train_accuracy = record["accuracy_per_exit"][-1]
+        key = f"{split}/early_exit/{primary}"
+        if key in record:
+            point = {"step": record["step"], f"dev_{primary}": round(100 * record[key], 2)}
+            if train_accuracy is not None:
+                point["train_batch_accuracy"] = round(100 * train_accuracy, 1)
+            curve.append(point)
+    return curve
+
+
 def early_exit_metrics(record: dict[str, Any], split: str, skip: str = "") -> str:
     """`name=value` (percent) for the early-exit metrics of one evaluation record."""
     prefix = f"{split}/early_exit/"
@@ -120,6 +140,7 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         # Every early-exit metric at the end of training (the best evaluation may be an early
         # one, e.g. a model answering MRPC's majority class, whose F1 is high).
         "final_early_exit": early_exit_metrics(evaluations(workdir, task)[-1], split),
+        "by_evaluation": learning_curve(workdir, split, primary),
         "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
         "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
         # A full-precision model is stored as float32: nothing is packed (older summaries of
@@ -144,7 +165,7 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    hidden = ("workdir", "exit_histogram", "overrides", "command")
+    hidden = ("workdir", "exit_histogram", "overrides", "command", "by_evaluation")
     shown = [c for c in columns if c not in hidden]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in shown) + " |" for row in rows]
