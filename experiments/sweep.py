@@ -146,6 +146,8 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         # A full-precision model is stored as float32: nothing is packed (older summaries of
         # float runs carried the ratio their parameters would have if binarized).
         "size_ratio": round(summary["size"]["ratio"], 2) if config["model"]["binarize"] else 1.0,
+        "packed_bytes": summary["size"]["packed_bytes"] if config["model"]["binarize"] else None,
+        "float32_bytes": summary["size"]["float32_bytes"],
         "vocab_size": summary["vocab_size"],
         "train_minutes": round(wall / 60, 1),
         "exit_histogram": best[f"{split}/exit_histogram"],
@@ -165,7 +167,15 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    hidden = ("workdir", "exit_histogram", "overrides", "command", "by_evaluation")
+    hidden = (
+        "workdir",
+        "exit_histogram",
+        "overrides",
+        "command",
+        "by_evaluation",
+        "packed_bytes",
+        "float32_bytes",
+    )
     shown = [c for c in columns if c not in hidden]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in shown) + " |" for row in rows]
