@@ -66,39 +66,34 @@ def train(run: sweeps.Run, workdir: Path) -> None:
     record_path.write_text(json.dumps(record, indent=2))
 
 
-def evaluations(workdir: Path, task: str) -> list[dict[str, Any]]:
-    """The run's dev evaluation records (those with an early-exit primary metric), in order."""
-    primary = metrics.primary_metric_name(task)
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    found = [r for r in records if any(k.endswith(f"/early_exit/{primary}") for k in r)]
-    if not found:
-        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
-    return found
+def read_records(workdir: Path) -> list[dict[str, Any]]:
+    """Every record (training logs and dev evaluations) of the run's metrics.jsonl, in order."""
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def best_evaluation(workdir: Path, task: str) -> dict[str, Any]:
-    """The dev evaluation record with the best early-exit primary metric (first dev split)."""
-    primary = metrics.primary_metric_name(task)
-
-    def score(record: dict[str, Any]) -> float:
-        return next(v for k, v in record.items() if k.endswith(f"/early_exit/{primary}"))
-
-    # max() keeps the first of equal scores: the earliest evaluation, as the recipe does.
-    return max(evaluations(workdir, task), key=score)
+def primary_score(record: dict[str, Any], primary: str) -> float | None:
+    """The early-exit primary metric of a dev evaluation record (None for other records)."""
+    return next((v for k, v in record.items() if k.endswith(f"/early_exit/{primary}")), None)
 
 
-def learning_curve(workdir: Path, split: str, primary: str) -> list[dict[str, float]]:
+def best_evaluation(evaluations: list[dict[str, Any]], primary: str) -> dict[str, Any]:
+    """The evaluation with the best early-exit primary metric (the earliest of equal ones)."""
+    return max(evaluations, key=lambda record: primary_score(record, primary))
+
+
+def learning_curve(
+    records: list[dict[str, Any]], split: str, primary: str
+) -> list[dict[str, float]]:
     """Per evaluation: step, dev early-exit metric and the last logged train-batch accuracy.
 
     The train figure is the last exit's accuracy on the batch logged just before the evaluation
     (with dropout), absent for regression tasks.
     """
     curve, train_accuracy = [], None
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    key = f"{split}/early_exit/{primary}"
+    for record in records:
         if "accuracy_per_exit" in record:
             train_accuracy = record["accuracy_per_exit"][-1]
-        key = f"{split}/early_exit/{primary}"
         if key in record:
             point = {"step": record["step"], f"dev_{primary}": round(100 * record[key], 2)}
             if train_accuracy is not None:
@@ -123,7 +118,11 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
     config = json.loads((workdir / "config.json").read_text())
     task, num_layers = config["task"], summary["L"]
     primary = metrics.primary_metric_name(task)
-    best = best_evaluation(workdir, task)
+    records = read_records(workdir)
+    evaluations = [r for r in records if primary_score(r, primary) is not None]
+    if not evaluations:
+        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
+    best = best_evaluation(evaluations, primary)
     split = next(k.split("/")[0] for k in best if k.endswith(f"/early_exit/{primary}"))
     run_record = json.loads((workdir / "run.json").read_text())
     wall = run_record["wall_seconds"]
@@ -139,8 +138,8 @@ def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
         "other_early_exit": early_exit_metrics(best, split, skip=primary),
         # Every early-exit metric at the end of training (the best evaluation may be an early
         # one, e.g. a model answering MRPC's majority class, whose F1 is high).
-        "final_early_exit": early_exit_metrics(evaluations(workdir, task)[-1], split),
-        "by_evaluation": learning_curve(workdir, split, primary),
+        "final_early_exit": early_exit_metrics(evaluations[-1], split),
+        "by_evaluation": learning_curve(records, split, primary),
         "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
         "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
         # A full-precision model is stored as float32: nothing is packed (older summaries of

@@ -37,3 +37,31 @@ def test_unknown_sweep_or_budget_is_rejected() -> None:
         sweeps.get_sweep("nope")
     with pytest.raises(ValueError, match="Unknown budget"):
         sweeps.get_sweep("reproduction", "huge")
+
+
+def test_sweep_rows_keep_the_earliest_best_evaluation_and_the_learning_curve() -> None:
+    from experiments import sweep
+
+    def evaluation(step: int, f1: float, accuracy: float) -> dict[str, float]:
+        return {
+            "step": step,
+            "validation/early_exit/f1": f1,
+            "validation/early_exit/accuracy": accuracy,
+        }
+
+    records = [
+        {"step": 50, "loss": 0.7, "accuracy_per_exit": [0.5, 0.6]},
+        evaluation(100, 0.81, 0.68),
+        {"step": 150, "loss": 0.5, "accuracy_per_exit": [0.7, 0.8]},
+        evaluation(200, 0.79, 0.70),
+        evaluation(300, 0.81, 0.69),
+    ]
+    evaluations = [r for r in records if sweep.primary_score(r, "f1") is not None]
+    assert [r["step"] for r in evaluations] == [100, 200, 300]
+    assert sweep.best_evaluation(evaluations, "f1")["step"] == 100
+    assert sweep.early_exit_metrics(evaluations[-1], "validation", skip="f1") == "accuracy=69.00"
+    assert sweep.learning_curve(records, "validation", "f1") == [
+        {"step": 100, "dev_f1": 81.0, "train_batch_accuracy": 60.0},
+        {"step": 200, "dev_f1": 79.0, "train_batch_accuracy": 80.0},
+        {"step": 300, "dev_f1": 81.0, "train_batch_accuracy": 80.0},
+    ]
