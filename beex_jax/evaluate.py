@@ -1,18 +1,20 @@
 """Dev-set evaluation during training: the metric of every exit, early exit, and its cost.
 
 For each dev split (MNLI has two) it reports:
-  exit_<i>/<metric>       the GLUE metric of exit i alone (1-based), i.e. a model cut after block i;
-  early_exit/<metric>     the metric with the early-exit rule at the configured delta (SPEC §3);
+  exit_<i>/<metric>       the GLUE metrics of exit i alone (1-based), i.e. a model cut after
+                          block i, and `exit_<i>/glue_score`, GLUE's single score of the task;
+  early_exit/<metric>     the same with the early-exit rule at the configured delta (SPEC §3);
   mean_exit_block         the mean 1-based exit that answers;
   mean_blocks_run         the mean number of blocks computed (differs with answer_from=previous);
   flops_saved             1 - FLOPs spent with early exit / FLOPs of running every block;
   exit_histogram          how many examples answer from each exit (list of L counts).
-The `score` used to keep the best checkpoint is the early-exit primary metric of the first split.
+The `score` used to keep the best checkpoint is the early-exit GLUE score of the first split
+(mean of F1 and accuracy for MRPC/QQP, of Pearson and Spearman for STS-B; `metrics.glue_score`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -73,8 +75,10 @@ def summarize(outputs: Mapping[str, np.ndarray], *, task: str, num_layers: int) 
     result: dict[str, Any] = {"num_examples": int(keep.sum())}
     for i in range(num_layers):
         per_exit = metrics.glue_metrics(task, outputs["exit_predictions"][i][keep], labels)
+        per_exit["glue_score"] = metrics.glue_score(task, per_exit)
         result.update({f"exit_{i + 1}/{k}": v for k, v in per_exit.items()})
     early = metrics.glue_metrics(task, outputs["prediction"][keep], labels)
+    early["glue_score"] = metrics.glue_score(task, early)
     result.update({f"early_exit/{k}": v for k, v in early.items()})
     exit_index = outputs["exit_index"][keep]
     result["mean_exit_block"] = float(np.mean(exit_index + 1))
@@ -108,7 +112,57 @@ def evaluate_split(
     return summarize(outputs, task=task, num_layers=num_layers)
 
 
-def score(results: Mapping[str, Mapping[str, Any]], task: str) -> float:
-    """The model-selection score: early-exit primary metric of the first dev split."""
-    first = next(iter(results.values()))
-    return float(first[f"early_exit/{metrics.primary_metric_name(task)}"])
+def score(results: Mapping[str, Mapping[str, Any]]) -> float:
+    """The model-selection score: the early-exit GLUE score of the first dev split."""
+    return float(next(iter(results.values()))["early_exit/glue_score"])
+
+
+def record_score(record: Mapping[str, Any], split: str, exit_name: str, task: str) -> float | None:
+    """GLUE score of `exit_name` ("early_exit" or "exit_<i>") in a logged evaluation record.
+
+    None if the record holds no evaluation of `split`. Records written before `glue_score` was
+    logged are scored from their metrics.
+    """
+    prefix = f"{split}/{exit_name}/"
+    if prefix + "glue_score" in record:
+        return float(record[prefix + "glue_score"])
+    values = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+    return metrics.glue_score(task, values) if values else None
+
+
+def selection_report(
+    records: Sequence[Mapping[str, Any]], task: str, num_layers: int
+) -> dict[str, Any]:
+    """Which evaluation the recipe keeps, and the last exit both there and at its own best.
+
+    `records` are a run's metrics.jsonl lines. The kept evaluation has the best early-exit GLUE
+    score (the earliest of equal ones); `last_exit_best` is the best last-exit GLUE score over all
+    evaluations, so that "early exit >= last exit" is not read off a checkpoint chosen by early
+    exit. Scores are fractions, as logged.
+    """
+    split = eval_split_names_of(records)
+    last = f"exit_{num_layers}"
+    evaluations = [r for r in records if record_score(r, split, "early_exit", task) is not None]
+    if not evaluations:
+        raise ValueError("No dev evaluation in the records.")
+    kept = max(evaluations, key=lambda r: record_score(r, split, "early_exit", task))
+    best_last = max(evaluations, key=lambda r: record_score(r, split, last, task))
+    return {
+        "split": split,
+        "kept": kept,
+        "kept_step": kept["step"],
+        "early_exit": record_score(kept, split, "early_exit", task),
+        "last_exit": record_score(kept, split, last, task),
+        "last_exit_best": record_score(best_last, split, last, task),
+        "last_exit_best_step": best_last["step"],
+        "final": evaluations[-1],
+    }
+
+
+def eval_split_names_of(records: Sequence[Mapping[str, Any]]) -> str:
+    """The first dev split named in evaluation records ("validation", "validation_matched")."""
+    for record in records:
+        for key in record:
+            if "/early_exit/" in key:
+                return key.split("/")[0]
+    raise ValueError("No dev evaluation in the records.")

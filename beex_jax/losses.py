@@ -7,9 +7,13 @@ With CE_i the loss of exit i (cross-entropy, or squared error for regression), p
     soft_routing:  sum_i q_i * CE_i + lam * (1/L) sum_i CE_i
 
 where q_i is the soft probability of exiting at i (`soft_exit_probabilities`). q is a function of
-the logits and is *not* detached: the model is trained both to classify at every exit and to make
-its entropy stop dropping where an exit is already good. The batch loss is the mean over
-examples weighted by `weights` (padding examples have weight 0).
+the logits. With `detach_routing=False` (the paper's form) the gradient also flows through q, so
+the model is trained both to classify at every exit and to make its entropy stop dropping where
+an exit is already good; that path moves predictions without reference to the labels (for STS-B,
+whose exit signal is the fractional change of the predicted score, it outweighs the squared-error
+gradient). With `detach_routing=True` q only weights the per-exit losses, which keep their
+gradient. The batch loss is the mean over examples weighted by `weights` (padding examples have
+weight 0).
 """
 
 from __future__ import annotations
@@ -24,15 +28,23 @@ from beex_jax.exits import exit_signal
 LOSSES = ("soft_routing", "mean", "weighted")
 
 
-def per_exit_losses(all_logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-    """CE_i per exit and example [L, B]: cross-entropy, or squared error if num_classes == 1."""
+def per_exit_losses(
+    all_logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
+) -> jax.Array:
+    """CE_i per exit and example [L, B]: cross-entropy, or squared error if num_classes == 1.
+
+    `label_smoothing` mixes the one-hot target with the uniform distribution (classification).
+    """
     logits = all_logits.astype(jnp.float32)
     if num_classes == 1:
         return jnp.square(logits[..., 0] - labels.astype(jnp.float32)[None])
     # Test examples carry label -1 (and no meaningful loss); clip so indexing stays in range.
     labels = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
     labels = jnp.broadcast_to(labels[None], logits.shape[:2])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if label_smoothing == 0.0:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def soft_exit_probabilities(r: jax.Array, *, delta: float, tau: float) -> jax.Array:
@@ -92,6 +104,8 @@ def exit_loss(
     tau: float = 0.1,
     lam: float = 1.0,
     num_classes: int,
+    detach_routing: bool = False,
+    label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The batch loss over all exits [L, B, C] and per-exit metrics (arrays of shape [L]).
 
@@ -105,8 +119,10 @@ def exit_loss(
     chex.assert_shape([labels, weights], (all_logits.shape[1],))
     weights = weights.astype(jnp.float32)
 
-    losses = per_exit_losses(all_logits, labels, num_classes)
+    losses = per_exit_losses(all_logits, labels, num_classes, label_smoothing)
     q = soft_exit_probabilities(exit_signals(all_logits), delta=delta, tau=tau)
+    if detach_routing:
+        q = jax.lax.stop_gradient(q)
     if name == "mean":
         per_example = mean_loss(losses)
     elif name == "weighted":

@@ -3,9 +3,16 @@
 accuracy everywhere; Matthews correlation for CoLA; F1 (of the positive class) and accuracy for
 MRPC and QQP; Pearson and Spearman correlations for STS-B. MNLI is scored on its matched and
 mismatched dev sets separately: `split_metrics` prefixes each split's metrics with its name.
+
+`glue_score` is the single number GLUE's leaderboard gives a task: the mean of F1 and accuracy for
+MRPC and QQP, of Pearson and Spearman for STS-B, the primary metric elsewhere. Model selection
+uses it, so that a model answering MRPC's majority class (high F1, majority accuracy) does not
+beat one that has learned the task.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import stats
@@ -19,6 +26,16 @@ def primary_metric_name(task: str) -> str:
     """The metric GLUE ranks `task` by: matthews_corr, f1, pearson or accuracy."""
     _check_task(task)
     return _PRIMARY.get(task, "accuracy")
+
+
+def glue_score(task: str, task_metrics: Mapping[str, float]) -> float:
+    """GLUE's per-task score from `glue_metrics` output (a mean where GLUE reports two)."""
+    _check_task(task)
+    if task in ("mrpc", "qqp"):
+        return (task_metrics["f1"] + task_metrics["accuracy"]) / 2
+    if task == "stsb":
+        return (task_metrics["pearson"] + task_metrics["spearman"]) / 2
+    return task_metrics[primary_metric_name(task)]
 
 
 def _check_task(task: str) -> None:

@@ -35,6 +35,7 @@ class ModelConfig:
     slfn_dim: int = 256
     exit_dim: int = 64
     dropout_rate: float = 0.1
+    embedding_dropout_rate: float = 0.0  # Drops whole token vectors (before positions are added).
     max_length: int = 128
     type_vocab_size: int = 1
     binarize: bool = True
@@ -71,7 +72,7 @@ class ModelConfig:
 
 
 class Embedder(nn.Module):
-    """Binarized token embedding + learned positions (+ segments) -> dropout."""
+    """Binarized token embedding (-> token dropout) + learned positions (+ segments) -> dropout."""
 
     config: ModelConfig
 
@@ -94,6 +95,10 @@ class Embedder(nn.Module):
             dtype=cfg.activation_dtype,
             name="token",
         )(input_ids)
+        if cfg.embedding_dropout_rate > 0:  # One decision per token: its whole vector, rescaled.
+            h = nn.Dropout(cfg.embedding_dropout_rate, broadcast_dims=(2,), name="token_dropout")(
+                h, deterministic=deterministic
+            )
         positions = self.param(
             "position_embedding",
             nn.initializers.normal(stddev=0.02),

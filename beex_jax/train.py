@@ -27,7 +27,16 @@ import tqdm
 from absl import logging
 from etils import epath
 
-from beex_jax import checkpointing, data, evaluate, losses, optim, packing, sharding
+from beex_jax import (
+    checkpointing,
+    corruption,
+    data,
+    evaluate,
+    losses,
+    optim,
+    packing,
+    sharding,
+)
 from beex_jax.model import BEExformer, ModelConfig, init_params
 
 Params = Any
@@ -44,13 +53,31 @@ class TrainState:
     rng: jax.Array  # Raw uint32 key; step s uses fold_in(rng, s) for dropout.
 
 
-def make_update_fn(model: BEExformer, tx: optax.GradientTransformation, schedule, config):
-    """One optimisation step: (state, global batch) -> (new state, metrics)."""
+def make_update_fn(
+    model: BEExformer,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: ml_collections.ConfigDict,
+    token_ids: Mapping[str, int],
+):
+    """One optimisation step: (state, global batch) -> (new state, metrics).
+
+    `token_ids` maps the special tokens ([UNK], [CLS], [SEP], [PAD]) to the tokenizer's ids.
+    """
+    special_ids = tuple(token_ids[t] for t in ("[CLS]", "[SEP]", "[PAD]"))
 
     def loss_fn(params, batch, rng):
+        input_ids = corruption.word_dropout(
+            jax.random.fold_in(rng, 1),  # The dropout layers keep `rng` itself.
+            batch["input_ids"],
+            batch["mask"],
+            rate=config.data.word_dropout,
+            unk_id=token_ids["[UNK]"],
+            special_ids=special_ids,
+        )
         all_logits = model.apply(
             {"params": params},
-            batch["input_ids"],
+            input_ids,
             batch["segment_ids"],
             batch["mask"],
             deterministic=False,
@@ -65,6 +92,8 @@ def make_update_fn(model: BEExformer, tx: optax.GradientTransformation, schedule
             tau=config.loss.tau,
             lam=config.loss.lam,
             num_classes=config.model.num_classes,
+            detach_routing=config.loss.detach_routing,
+            label_smoothing=config.loss.label_smoothing,
         )
 
     def update(state: TrainState, batch: dict[str, jax.Array]):
@@ -92,8 +121,9 @@ class MetricWriter:
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
+        self.path = epath.Path(workdir) / "metrics.jsonl"
         if self.enabled:
-            self.jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")
+            self.jsonl = self.path.open("a")
             self.tb = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -139,9 +169,16 @@ def _mean(window: list[dict[str, np.ndarray]]) -> dict[str, Any]:
 def _print_summary(summary: dict[str, Any], task: str) -> None:
     size = summary["size"]
     print(
-        f"\n=== {task}: step {summary['step']}, best dev score {summary['best_score']} "
+        f"\n=== {task}: step {summary['step']}, best dev GLUE score {summary['best_score']} "
         f"(early exit, step {summary['best_step']}) ==="
     )
+    if summary["selection"]:
+        sel = summary["selection"]
+        print(
+            f"kept (step {sel['kept_step']}): early exit {sel['early_exit']:.4f}, last exit "
+            f"{sel['last_exit']:.4f}; last exit at its own best (step "
+            f"{sel['last_exit_best_step']}): {sel['last_exit_best']:.4f}"
+        )
     for split, res in summary["dev"].items():
         full = {k: round(v, 4) for k, v in res.items() if k.startswith(f"exit_{summary['L']}/")}
         early = {k: round(v, 4) for k, v in res.items() if k.startswith("early_exit/")}
@@ -216,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     # ------------------------------------------------------------------------------ update step
     update_fn = jax.jit(
-        make_update_fn(model, tx, schedule, config),
+        make_update_fn(model, tx, schedule, config, input_.special_token_ids()),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -310,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                     step,
                     {f"{split}/{k}": v for split, res in results.items() for k, v in res.items()},
                 )
-                ckpt.save_best(step, state.params, evaluate.score(results, config.task))
+                ckpt.save_best(step, state.params, evaluate.score(results))
                 logging.info("step %d dev: %s", step, results)
             progress.update(1)
         if results is None:  # Resumed after the last step: evaluate what was restored.
@@ -322,6 +359,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         writer.close()
         ckpt.close()
 
+    selection = None
+    if is_main:  # Over every evaluation of the run, also those before a resume.
+        records = [json.loads(line) for line in writer.path.read_text().splitlines()]
+        report = evaluate.selection_report(records, config.task, model_config.num_layers)
+        selection = {k: v for k, v in report.items() if k not in ("kept", "final")}
     summary = {
         "step": int(num_train_steps),
         "L": model_config.num_layers,
@@ -329,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         "dev": results,
         "best_step": best_step,
         "best_score": best_score,
+        "selection": selection,
         "size": packing.size_report(
             state.params, scale=model_config.scale, binarize=model_config.binarize
         ),

@@ -96,13 +96,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.tfds_dir = "~/tensorflow_datasets"
     # WordPiece vocabulary file (e.g. BERT uncased); None learns one from the train split.
     config.data.vocab_file = ml_collections.FieldReference(None, field_type=str)
-    config.data.vocab_size = 16000  # Size of the learned vocabulary.
+    config.data.vocab_size = 16000  # Largest size of the learned vocabulary.
+    # A learned WordPiece merges only pairs seen at least this often in the train text (0 or 1:
+    # no minimum), so a small corpus gets a smaller vocabulary of pieces it has actually seen.
+    config.data.vocab_min_frequency = 0
     config.data.max_length = 128 if is_pair else 64  # Tokens per example, [CLS]/[SEP] included.
     config.data.bucket_boundaries = (16, 32, 64, 128)  # Batches are padded to the next of these.
     config.data.max_train_examples = -1  # Use only the first N train examples (-1: all).
     config.data.max_eval_examples = -1  # Use only the first N dev examples (-1: all).
     config.data.bucket_window = 64  # Train batches sorted by length together (less padding).
     config.data.prefetch = 4  # Batches grain prepares ahead in a background thread.
+    config.data.word_dropout = 0.0  # Training tokens replaced by [UNK] with this probability.
 
     config.model = ml_collections.ConfigDict()
     config.model.num_layers = num_layers  # Blocks, each followed by an exit head.
@@ -111,6 +115,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.slfn_dim = slfn_dim  # d_slfn, the SLFN inner width (FFN ablation uses 4d).
     config.model.exit_dim = exit_dim  # Hidden width of each exit head.
     config.model.dropout_rate = 0.1  # Dropout after embeddings, attention and SLFN.
+    config.model.embedding_dropout_rate = 0.0  # Drops whole token vectors of the embedding.
     config.model.max_length = config.data.get_ref("max_length")  # Learned positions.
     config.model.vocab_size = config.data.get_ref("vocab_size")  # Set from the tokenizer.
     config.model.type_vocab_size = 2 if is_pair else 1  # Segment ids.
@@ -136,6 +141,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.loss.name = "soft_routing"  # soft_routing | mean | weighted.
     config.loss.tau = 0.1  # Temperature of the soft exit decision.
     config.loss.lam = 1.0  # Weight of the mean-over-exits term.
+    config.loss.detach_routing = False  # Stop the gradient through the exit probabilities q.
+    config.loss.label_smoothing = 0.0  # Mix one-hot targets with uniform (classification).
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # Peak learning rate.

@@ -17,6 +17,7 @@ any other, so a run on an accelerator drops them (`--budget=full`).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 # Tasks with train and dev files in ../shared/data/glue (QNLI train, QQP and MNLI are missing).
 REPRODUCTION_TASKS = ("sst2", "cola", "mrpc", "rte", "stsb", "wnli")
@@ -62,6 +63,11 @@ class Run:
     variant: str
     overrides: tuple[tuple[str, object], ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def group(self) -> str:
+        """The run's name without its seed suffix (`-s<seed>`): runs that differ only by seed."""
+        return re.sub(r"-s\d+$", "", self.name)
 
 
 def _budget(task: str, budget: str, table: dict | None = None) -> tuple[tuple[str, object], ...]:
@@ -174,7 +180,57 @@ def target(budget: str = "cpu") -> list[Run]:
     return runs
 
 
-SWEEPS = {"reproduction": reproduction, "ablations": ablations, "target": target}
+# The recipe (issue 11): each change alone, two seeds, against the default of the same seeds.
+# SST-2 one epoch (the changes are regularisers and the routing gradient); STS-B and RTE the
+# method's ten epochs.
+RECIPE_SEEDS = (0, 1)
+RECIPE_CHANGES = {
+    "none": (),
+    "detach_routing": (("loss.detach_routing", True),),
+    "vocab_min3": (("data.vocab_min_frequency", 3),),
+    "word_dropout0.1": (("data.word_dropout", 0.1),),
+    "label_smoothing0.1": (("loss.label_smoothing", 0.1),),
+    "embedding_dropout0.1": (("model.embedding_dropout_rate", 0.1),),
+}
+RECIPE_RUNS = {  # In running order: the short runs first.
+    "stsb": ("none", "detach_routing", "vocab_min3"),
+    "rte": ("none", "vocab_min3"),
+    "sst2": (
+        "none",
+        "detach_routing",
+        "vocab_min3",
+        "word_dropout0.1",
+        "label_smoothing0.1",
+        "embedding_dropout0.1",
+    ),
+}
+RECIPE_BUDGET = {"sst2": 1, "stsb": 10, "rte": 10}
+
+
+def recipe(budget: str = "cpu") -> list[Run]:
+    """Each recipe change alone on SST-2, STS-B and RTE (binarized), two seeds each."""
+    runs = []
+    for task, changes in RECIPE_RUNS.items():
+        epochs = RECIPE_BUDGET[task] if budget == "cpu" else 10
+        for change in changes:
+            for seed in RECIPE_SEEDS:
+                runs.append(
+                    Run(
+                        f"{task}-recipe-{change}-s{seed}",
+                        f"task={task}",
+                        (*RECIPE_CHANGES[change], ("seed", seed), ("num_epochs", epochs)),
+                        (("task", task), ("change", change), ("seed", str(seed))),
+                    )
+                )
+    return runs
+
+
+SWEEPS = {
+    "reproduction": reproduction,
+    "ablations": ablations,
+    "target": target,
+    "recipe": recipe,
+}
 
 
 def get_sweep(name: str, budget: str = "cpu") -> list[Run]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -21,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from beex_jax import metrics  # noqa: E402
+from beex_jax import evaluate, metrics  # noqa: E402
 from configs import sweeps  # noqa: E402
 
 _SWEEP = flags.DEFINE_enum("sweep", "reproduction", sorted(sweeps.SWEEPS), "Which sweep.")
@@ -40,17 +42,26 @@ _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Ou
 
 
 def run_command(run: sweeps.Run, workdir: Path) -> list[str]:
-    """The training command line of one run."""
+    """The training command line of one run, repo-relative (it runs from the repository root)."""
     cmd = [
-        sys.executable,
+        "python",
         "-m",
         "beex_jax.main",
-        f"--config={REPO / 'configs/glue.py'}:{run.variant}",
-        f"--workdir={workdir}",
-        f"--config.data.glue_dir={_GLUE_DIR.value}",
-        f"--config.data.tfds_dir={_TFDS_DIR.value}",
+        f"--config=configs/glue.py:{run.variant}",
+        f"--workdir={relative(workdir)}",
+        f"--config.data.glue_dir={relative(Path(_GLUE_DIR.value))}",
+        f"--config.data.tfds_dir={relative(Path(_TFDS_DIR.value))}",
     ]
     return cmd + [f"--config.{key}={value}" for key, value in run.overrides]
+
+
+def relative(path: Path) -> str:
+    """`path` relative to the repository root where it can be (`../shared/...` included)."""
+    absolute = path if path.is_absolute() else Path.cwd() / path
+    try:
+        return os.path.relpath(absolute.resolve(), REPO)
+    except ValueError:  # Another drive: keep it as given.
+        return str(path)
 
 
 def train(run: sweeps.Run, workdir: Path) -> None:
@@ -59,7 +70,7 @@ def train(run: sweeps.Run, workdir: Path) -> None:
     cmd = run_command(run, workdir)
     print(f"\n### {run.name}\n$ {shlex.join(cmd)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run([sys.executable, *cmd[1:]], check=True, cwd=REPO)
     record_path = workdir / "run.json"
     previous = json.loads(record_path.read_text())["wall_seconds"] if record_path.exists() else 0
     record = {"command": shlex.join(cmd), "wall_seconds": previous + time.time() - start}
@@ -71,88 +82,108 @@ def read_records(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def primary_score(record: dict[str, Any], primary: str) -> float | None:
-    """The early-exit primary metric of a dev evaluation record (None for other records)."""
-    return next((v for k, v in record.items() if k.endswith(f"/early_exit/{primary}")), None)
-
-
-def best_evaluation(evaluations: list[dict[str, Any]], primary: str) -> dict[str, Any]:
-    """The evaluation with the best early-exit primary metric (the earliest of equal ones)."""
-    return max(evaluations, key=lambda record: primary_score(record, primary))
-
-
-def learning_curve(
-    records: list[dict[str, Any]], split: str, primary: str
-) -> list[dict[str, float]]:
-    """Per evaluation: step, dev early-exit metric and the last logged train-batch accuracy.
+def learning_curve(records: list[dict[str, Any]], split: str, task: str) -> list[dict[str, float]]:
+    """Per evaluation: step, dev early-exit GLUE score and the last logged train-batch accuracy.
 
     The train figure is the last exit's accuracy on the batch logged just before the evaluation
     (with dropout), absent for regression tasks.
     """
     curve, train_accuracy = [], None
-    key = f"{split}/early_exit/{primary}"
     for record in records:
         if "accuracy_per_exit" in record:
             train_accuracy = record["accuracy_per_exit"][-1]
-        if key in record:
-            point = {"step": record["step"], f"dev_{primary}": round(100 * record[key], 2)}
+        score = evaluate.record_score(record, split, "early_exit", task)
+        if score is not None:
+            point = {"step": record["step"], "dev_score": round(100 * score, 2)}
             if train_accuracy is not None:
                 point["train_batch_accuracy"] = round(100 * train_accuracy, 1)
             curve.append(point)
     return curve
 
 
-def early_exit_metrics(record: dict[str, Any], split: str, skip: str = "") -> str:
-    """`name=value` (percent) for the early-exit metrics of one evaluation record."""
-    prefix = f"{split}/early_exit/"
+def early_exit_metrics(record: dict[str, Any], split: str, exit_name: str = "early_exit") -> str:
+    """`name=value` (percent) for the GLUE metrics of one exit in one evaluation record."""
+    prefix = f"{split}/{exit_name}/"
     return " ".join(
         f"{key[len(prefix) :]}={100 * value:.2f}"
         for key, value in sorted(record.items())
-        if key.startswith(prefix) and key[len(prefix) :] != skip
+        if key.startswith(prefix) and key[len(prefix) :] != "glue_score"
     )
 
 
 def collect(run: sweeps.Run, workdir: Path) -> dict[str, Any]:
-    """One table row from a finished run."""
+    """One table row from a finished run.
+
+    Dev figures are GLUE scores (`metrics.glue_score`, percent) at the evaluation the recipe keeps
+    (best early-exit GLUE score); the last exit is also given at its own best evaluation.
+    """
     summary = json.loads((workdir / "summary.json").read_text())
     config = json.loads((workdir / "config.json").read_text())
     task, num_layers = config["task"], summary["L"]
-    primary = metrics.primary_metric_name(task)
     records = read_records(workdir)
-    evaluations = [r for r in records if primary_score(r, primary) is not None]
-    if not evaluations:
-        raise ValueError(f"No dev evaluation in {workdir / 'metrics.jsonl'}.")
-    best = best_evaluation(evaluations, primary)
-    split = next(k.split("/")[0] for k in best if k.endswith(f"/early_exit/{primary}"))
-    run_record = json.loads((workdir / "run.json").read_text())
-    wall = run_record["wall_seconds"]
+    report = evaluate.selection_report(records, task, num_layers)
+    split, kept = report["split"], report["kept"]
+    wall = json.loads((workdir / "run.json").read_text())["wall_seconds"]
+    binarized = config["model"]["binarize"]
     return {
         "run": run.name,
+        "group": run.group,
         **dict(run.tags),
+        "tags": dict(run.tags),
         "overrides": " ".join(f"{k}={v}" for k, v in run.overrides),
-        "metric": primary,
-        "best_step": best["step"],
-        "early_exit": round(100 * best[f"{split}/early_exit/{primary}"], 2),
-        "last_exit": round(100 * best[f"{split}/exit_{num_layers}/{primary}"], 2),
-        # The task's other GLUE metrics at the same evaluation (e.g. MRPC accuracy beside F1).
-        "other_early_exit": early_exit_metrics(best, split, skip=primary),
-        # Every early-exit metric at the end of training (the best evaluation may be an early
-        # one, e.g. a model answering MRPC's majority class, whose F1 is high).
-        "final_early_exit": early_exit_metrics(evaluations[-1], split),
-        "by_evaluation": learning_curve(records, split, primary),
-        "mean_exit_block": round(best[f"{split}/mean_exit_block"], 2),
-        "flops_saved_pct": round(100 * best[f"{split}/flops_saved"], 1),
-        # A full-precision model is stored as float32: nothing is packed (older summaries of
-        # float runs carried the ratio their parameters would have if binarized).
-        "size_ratio": round(summary["size"]["ratio"], 2) if config["model"]["binarize"] else 1.0,
-        "packed_bytes": summary["size"]["packed_bytes"] if config["model"]["binarize"] else None,
+        "score": SCORE_NAMES.get(task, metrics.primary_metric_name(task)),
+        "kept_step": report["kept_step"],
+        "early_exit": round(100 * report["early_exit"], 2),
+        "last_exit": round(100 * report["last_exit"], 2),
+        # The last exit at its own best evaluation: claim 2 (early exit >= last exit) compares
+        # each at its best, not at a checkpoint chosen by early exit.
+        "last_exit_best": round(100 * report["last_exit_best"], 2),
+        "last_exit_best_step": report["last_exit_best_step"],
+        # Every GLUE metric of the task at the kept evaluation (e.g. MRPC accuracy and F1).
+        "early_exit_metrics": early_exit_metrics(kept, split),
+        "last_exit_metrics": early_exit_metrics(kept, split, f"exit_{num_layers}"),
+        "final_early_exit": early_exit_metrics(report["final"], split),
+        "by_evaluation": learning_curve(records, split, task),
+        "mean_exit_block": round(kept[f"{split}/mean_exit_block"], 2),
+        "flops_saved_pct": round(100 * kept[f"{split}/flops_saved"], 1),
+        # A full-precision model is stored as float32: nothing is packed.
+        "size_ratio": round(summary["size"]["ratio"], 2) if binarized else 1.0,
+        "packed_bytes": summary["size"]["packed_bytes"] if binarized else None,
         "float32_bytes": summary["size"]["float32_bytes"],
         "vocab_size": summary["vocab_size"],
         "train_minutes": round(wall / 60, 1),
-        "exit_histogram": best[f"{split}/exit_histogram"],
-        "workdir": str(workdir),
-        "command": run_record["command"],
+        "exit_histogram": kept[f"{split}/exit_histogram"],
+        "workdir": relative(workdir),
+        "command": json.loads((workdir / "run.json").read_text())["command"],
     }
+
+
+# How GLUE combines a task's metrics into its score (`metrics.glue_score`).
+SCORE_NAMES = {
+    "mrpc": "mean(F1, accuracy)",
+    "qqp": "mean(F1, accuracy)",
+    "stsb": "mean(Pearson, Spearman)",
+}
+AGGREGATED = ("early_exit", "last_exit", "last_exit_best", "mean_exit_block", "flops_saved_pct")
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only in their seed, summarized: mean, sample std and n of each figure."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    out = []
+    for group, members in groups.items():
+        tags = {k: v for k, v in members[0]["tags"].items() if k != "seed"}
+        summary = {"group": group, **tags, "n": len(members), "score": members[0]["score"]}
+        for name in AGGREGATED:
+            values = np.array([m[name] for m in members], float)
+            summary[name] = round(float(values.mean()), 2)
+            summary[f"{name}_std"] = (
+                round(float(values.std(ddof=1)), 2) if len(values) > 1 else None
+            )
+        out.append(summary)
+    return out
 
 
 def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
@@ -167,6 +198,8 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     hidden = (
+        "group",
+        "tags",
         "workdir",
         "exit_histogram",
         "overrides",
@@ -174,6 +207,7 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
         "by_evaluation",
         "packed_bytes",
         "float32_bytes",
+        "final_early_exit",
     )
     shown = [c for c in columns if c not in hidden]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
@@ -196,6 +230,8 @@ def main(argv: list[str]) -> None:
     # The table holds every finished run of the sweep, also those of earlier invocations.
     rows = [collect(r, root / r.name) for r in runs if (root / r.name / "summary.json").exists()]
     write_table(rows, Path(_RESULTS.value) / _SWEEP.value)
+    # Mean and standard deviation over the seeds of each configuration.
+    write_table(aggregate(rows), Path(_RESULTS.value) / f"{_SWEEP.value}_seeds")
     print(Path(_RESULTS.value, _SWEEP.value).with_suffix(".md").read_text())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from beex_jax import evaluate
 from configs import glue, sweeps
 
 
@@ -39,7 +40,7 @@ def test_unknown_sweep_or_budget_is_rejected() -> None:
         sweeps.get_sweep("reproduction", "huge")
 
 
-def test_sweep_rows_keep_the_earliest_best_evaluation_and_the_learning_curve() -> None:
+def test_sweep_rows_keep_the_best_glue_score_and_the_learning_curve() -> None:
     from experiments import sweep
 
     def evaluation(step: int, f1: float, accuracy: float) -> dict[str, float]:
@@ -47,21 +48,56 @@ def test_sweep_rows_keep_the_earliest_best_evaluation_and_the_learning_curve() -
             "step": step,
             "validation/early_exit/f1": f1,
             "validation/early_exit/accuracy": accuracy,
+            "validation/exit_2/f1": f1,
+            "validation/exit_2/accuracy": accuracy,
         }
 
     records = [
         {"step": 50, "loss": 0.7, "accuracy_per_exit": [0.5, 0.6]},
         evaluation(100, 0.81, 0.68),
         {"step": 150, "loss": 0.5, "accuracy_per_exit": [0.7, 0.8]},
-        evaluation(200, 0.79, 0.70),
-        evaluation(300, 0.81, 0.69),
+        evaluation(200, 0.79, 0.72),
+        evaluation(300, 0.80, 0.71),
     ]
-    evaluations = [r for r in records if sweep.primary_score(r, "f1") is not None]
-    assert [r["step"] for r in evaluations] == [100, 200, 300]
-    assert sweep.best_evaluation(evaluations, "f1")["step"] == 100
-    assert sweep.early_exit_metrics(evaluations[-1], "validation", skip="f1") == "accuracy=69.00"
-    assert sweep.learning_curve(records, "validation", "f1") == [
-        {"step": 100, "dev_f1": 81.0, "train_batch_accuracy": 60.0},
-        {"step": 200, "dev_f1": 79.0, "train_batch_accuracy": 80.0},
-        {"step": 300, "dev_f1": 81.0, "train_batch_accuracy": 80.0},
+    report = evaluate.selection_report(records, "mrpc", num_layers=2)
+    assert report["kept_step"] == 200  # mean(F1, accuracy) 75.5 beats the majority's 74.5.
+    assert sweep.early_exit_metrics(report["final"], "validation") == "accuracy=71.00 f1=80.00"
+    assert sweep.learning_curve(records, "validation", "mrpc") == [
+        {"step": 100, "dev_score": 74.5, "train_batch_accuracy": 60.0},
+        {"step": 200, "dev_score": 75.5, "train_batch_accuracy": 80.0},
+        {"step": 300, "dev_score": 75.5, "train_batch_accuracy": 80.0},
     ]
+
+
+def test_seed_groups_are_summarized_by_mean_and_std() -> None:
+    from experiments import sweep
+
+    def row(name: str, seed: str, score: float) -> dict:
+        figures = {name: score for name in sweep.AGGREGATED}
+        return {
+            "group": name,
+            "tags": {"task": "rte", "seed": seed},
+            "score": "accuracy",
+            **figures,
+        }
+
+    rows = [row("a", "0", 50.0), row("a", "1", 54.0), row("b", "0", 60.0)]
+    summary = {r["group"]: r for r in sweep.aggregate(rows)}
+    assert summary["a"]["n"] == 2 and summary["a"]["early_exit"] == 52.0
+    assert summary["a"]["early_exit_std"] == pytest.approx(2.83, abs=0.01)
+    assert summary["b"]["n"] == 1 and summary["b"]["early_exit_std"] is None
+    assert "seed" not in summary["a"]
+    assert sweeps.Run("x-recipe-none-s1", "task=rte").group == "x-recipe-none"
+
+
+def test_recorded_commands_are_repo_relative(tmp_path) -> None:
+    from experiments import sweep
+
+    flags_ = sweep.flags.FLAGS
+    if not flags_.is_parsed():
+        flags_(["sweep"])
+    run = sweeps.get_sweep("recipe")[0]
+    command = " ".join(sweep.run_command(run, sweep.REPO / "runs/sweeps" / run.name))
+    assert command.startswith("python -m beex_jax.main --config=configs/glue.py:")
+    assert "--workdir=runs/sweeps/" in command
+    assert str(sweep.REPO) not in command

@@ -169,6 +169,11 @@ class GlueInput:
         empty = tokenizer_lib.encode(tokenizer, [""], max_length=self.max_length)
         self._empty_ids = empty["input_ids"][0]  # [CLS] [SEP]: the padding examples' input.
 
+    def special_token_ids(self) -> dict[str, int]:
+        """Ids of [PAD], [UNK], [CLS], [SEP] (and [MASK] when the vocabulary has it)."""
+        ids = {token: self.tokenizer.token_to_id(token) for token in tokenizer_lib.SPECIAL_TOKENS}
+        return {token: i for token, i in ids.items() if i is not None}
+
     # ---- training ---------------------------------------------------------------------------
     def _epoch_plan(self, seed: int, epoch: int) -> np.ndarray:
         """The plan of one epoch, computed once (the last two are kept)."""

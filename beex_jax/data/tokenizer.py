@@ -58,8 +58,11 @@ def tokenizer_from_vocab(vocab_file: str) -> Tokenizer:
     return tokenizer
 
 
-def learn_vocab(texts: Sequence[str], vocab_size: int) -> list[str]:
+def learn_vocab(texts: Sequence[str], vocab_size: int, min_frequency: int = 0) -> list[str]:
     """Learns a WordPiece vocabulary (ids in list order) from `texts`, deterministically.
+
+    At most `vocab_size` tokens; with `min_frequency` > 1 only pairs seen at least that often are
+    merged, so the size follows the corpus instead of filling up with pieces seen once or twice.
 
     The library's trainer gives its `##` continuation pieces ids in hash-map order, and merge
     ties are broken by id, so two runs can differ (huggingface/tokenizers#1794). Declaring every
@@ -71,6 +74,7 @@ def learn_vocab(texts: Sequence[str], vocab_size: int) -> list[str]:
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
+        min_frequency=max(int(min_frequency), 0),
         show_progress=False,
         special_tokens=[*SPECIAL_TOKENS, *(f"##{c}" for c in chars)],
     )
@@ -84,7 +88,11 @@ def learned_vocab_path(config: ml_collections.ConfigDict) -> str:
     builder = glue_builder.BeexGlue(
         config=config.task, data_dir=os.path.expanduser(config.data.tfds_dir)
     )
-    return os.path.join(os.fspath(builder.data_dir), f"wordpiece-{config.data.vocab_size}.txt")
+    name = f"wordpiece-{config.data.vocab_size}"
+    min_frequency = int(config.data.get("vocab_min_frequency", 0))
+    if min_frequency > 1:
+        name += f"-min{min_frequency}"
+    return os.path.join(os.fspath(builder.data_dir), f"{name}.txt")
 
 
 def build_tokenizer(
@@ -107,7 +115,11 @@ def build_tokenizer(
             )
             columns = glue_builder.read_split(config.task, config.data.tfds_dir, "train")
             train_texts = [text for field in text_fields(config.task) for text in columns[field]]
-        tokens = learn_vocab(list(train_texts), config.data.vocab_size)
+        tokens = learn_vocab(
+            list(train_texts),
+            config.data.vocab_size,
+            int(config.data.get("vocab_min_frequency", 0)),
+        )
         # Written whole or not at all: several processes may learn the same file at once.
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
