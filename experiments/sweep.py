@@ -57,9 +57,9 @@ def run_command(run: sweeps.Run, workdir: Path) -> list[str]:
 
 def relative(path: Path) -> str:
     """`path` relative to the repository root where it can be (`../shared/...` included)."""
-    absolute = path if path.is_absolute() else Path.cwd() / path
+    absolute = os.path.abspath(path)  # Symlinks kept: a runner's runs/ may link elsewhere.
     try:
-        return os.path.relpath(absolute.resolve(), REPO)
+        return os.path.relpath(absolute, REPO)
     except ValueError:  # Another drive: keep it as given.
         return str(path)
 
