@@ -21,6 +21,7 @@ from beex_jax.config_fields import dataclass_from_section
 from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHeadAttention
 
 Params = Any
+NORMS = ("post", "pre")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ModelConfig:
     type_vocab_size: int = 1
     binarize: bool = True
     slfn: bool = True
+    norm: str = "post"  # post: LayerNorm after each residual add (the paper); pre: before.
     surrogate: str = "approx_sign"
     scale: str = "per_channel"
     detach_scale: bool = False
@@ -118,24 +120,36 @@ class Embedder(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-LN transformer block: attention, then SLFN (or the FFN ablation)."""
+    """Transformer block: attention, then SLFN (or the FFN ablation), each a residual branch.
+
+    Post-LN (the paper): h = LN(h + f(h)). Pre-LN: h = h + f(LN(h)), whose residual stream is
+    not normalized, so every reader of it (exit heads, the MLM head) normalizes first.
+    """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array, *, deterministic: bool = True) -> jax.Array:
         cfg = self.config
+        if cfg.norm not in NORMS:
+            raise ValueError(f"Unknown model.norm {cfg.norm!r}; valid: {NORMS}.")
         dense = cfg.dense()
         dtype = cfg.activation_dtype
-        a = MultiHeadAttention(cfg.num_heads, dense, dtype=dtype, name="attention")(h, mask)
+        attention_norm = nn.LayerNorm(dtype=dtype, name="attention_norm")
+        slfn_norm = nn.LayerNorm(dtype=dtype, name="slfn_norm")
+        pre = cfg.norm == "pre"
+
+        x = attention_norm(h) if pre else h
+        a = MultiHeadAttention(cfg.num_heads, dense, dtype=dtype, name="attention")(x, mask)
         a = nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)
-        h = nn.LayerNorm(dtype=dtype, name="attention_norm")(h + a)
+        h = h + a if pre else attention_norm(h + a)
+        x = slfn_norm(h) if pre else h
         if cfg.slfn:
-            s = SLFN(cfg.slfn_dim, dense, name="slfn")(h)
+            s = SLFN(cfg.slfn_dim, dense, name="slfn")(x)
         else:
-            s = FeedForward(4 * cfg.hidden_dim, dense, name="ffn")(h)
+            s = FeedForward(4 * cfg.hidden_dim, dense, name="ffn")(x)
         s = nn.Dropout(cfg.dropout_rate)(s, deterministic=deterministic)
-        return nn.LayerNorm(dtype=dtype, name="slfn_norm")(h + s)
+        return h + s if pre else slfn_norm(h + s)
 
 
 def masked_mean(h: jax.Array, mask: jax.Array) -> jax.Array:
@@ -152,6 +166,8 @@ class ExitHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
         cfg = self.config
+        if cfg.norm == "pre":  # The pre-LN residual stream is not normalized.
+            h = nn.LayerNorm(dtype=cfg.activation_dtype, name="norm")(h)
         pooled = masked_mean(h, mask)
         hidden = nn.relu(cfg.dense()(cfg.exit_dim, name="hidden")(pooled))
         logits = nn.Dense(cfg.num_classes, dtype=cfg.activation_dtype, name="logits")(hidden)
