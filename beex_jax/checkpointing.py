@@ -92,12 +92,15 @@ class Checkpoints:
 
     workdir: str
     keep: int = 2
+    keep_period: int | None = None  # Also keep every step that is a multiple of this.
 
     def __post_init__(self):
         root = absolute(self.workdir)
         self.latest = _manager(
             root / LATEST_DIR,
-            ocp.CheckpointManagerOptions(max_to_keep=self.keep, cleanup_tmp_directories=True),
+            ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep, keep_period=self.keep_period, cleanup_tmp_directories=True
+            ),
             {
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),

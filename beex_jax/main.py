@@ -3,6 +3,10 @@
 Any config field can be overridden (`--config.model.num_layers=4`); unknown fields and values of
 the wrong type are rejected before anything runs.
 
+  --mode=pretrain --config configs/pretrain.py --workdir W
+      MLM pretraining of the body on unlabeled text (`beex_jax.pretrain.pretrain`); fine-tune
+      from it with `--config.init_from=W`.
+
   --mode=predict --workdir W --input F --output O [--skip_bad_lines]
       predictions of the model in W (a training workdir or an export) for every line of F, as
       JSON lines (`beex_jax.predict.predict`); --config is optional, and if given its `exit`
@@ -24,7 +28,9 @@ from beex_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/glue.py:task=...).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and config.json.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "predict", "export"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "pretrain", "predict", "export"], "What to do."
+)
 _INPUT = flags.DEFINE_string(
     "input", None, "predict: .tsv, .jsonl or text file, one example a line."
 )
@@ -68,6 +74,12 @@ def main(argv: list[str]) -> None:
         if _CONFIG.value is None:
             raise app.UsageError("--mode=train needs --config.")
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "pretrain":
+        if _CONFIG.value is None:
+            raise app.UsageError("--mode=pretrain needs --config (configs/pretrain.py).")
+        from beex_jax import pretrain  # Imported only when used.
+
+        pretrain.pretrain(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "predict":
         if not _INPUT.value or not _OUTPUT.value:
             raise app.UsageError("--mode=predict needs --input and --output.")

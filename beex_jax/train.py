@@ -1,29 +1,26 @@
 """Trains BEExformer on a GLUE task, evaluating on dev: `train_and_evaluate(config, workdir)`.
 
-Reads top to bottom: mesh, input, model, sharding, update step, checkpoint, evaluators, loop. The
+Reads top to bottom: mesh, input, model, evaluators, loop; sharding, the update step, checkpoints
+and the loop itself are `beex_jax.loop`'s, shared with MLM pretraining (`pretrain.py`). The
 same code runs on one CPU, on the devices of one host, and on many hosts (`config.distributed`):
 parameters live on a (data, model) mesh, each process feeds its own slice of every batch.
 
 Resuming is automatic: rerunning the same command in the same workdir continues from the latest
 checkpoint, with the same parameters, optimizer state, data position and dropout keys, so an
-interrupted run ends bitwise equal to an uninterrupted one.
+interrupted run ends bitwise equal to an uninterrupted one. `config.init_from` starts a fresh run
+from a pretrained workdir's embedding and blocks (and its vocabulary).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-import tensorboardX
-import tqdm
 from absl import logging
 from etils import epath
 
@@ -32,6 +29,8 @@ from beex_jax import (
     corruption,
     data,
     evaluate,
+    init_from,
+    loop,
     losses,
     optim,
     packing,
@@ -41,16 +40,6 @@ from beex_jax.model import BEExformer, ModelConfig, init_params
 
 Params = Any
 TRAIN_KEYS = ("input_ids", "segment_ids", "mask", "label", "weight")
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a training step changes; checkpointed as a whole."""
-
-    step: jax.Array  # Updates done so far (int32).
-    params: Params
-    opt_state: optax.OptState
-    rng: jax.Array  # Raw uint32 key; step s uses fold_in(rng, s) for dropout.
 
 
 def make_update_fn(
@@ -96,74 +85,7 @@ def make_update_fn(
             label_smoothing=config.loss.label_smoothing,
         )
 
-    def update(state: TrainState, batch: dict[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(
-            metrics,
-            loss=loss,
-            learning_rate=schedule(state.step),
-            grad_norm=optax.tree.norm(grads),
-            param_norm=optax.tree.norm(params),
-            update_norm=optax.tree.norm(updates),
-            sign_flip_fraction=optim.sign_flip_fraction(state.params, params),
-        )
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
-
-    return update
-
-
-class MetricWriter:
-    """JSON lines (workdir/metrics.jsonl) and TensorBoard scalars; only process 0 writes."""
-
-    def __init__(self, workdir: str):
-        self.enabled = jax.process_index() == 0
-        self.path = epath.Path(workdir) / "metrics.jsonl"
-        if self.enabled:
-            self.jsonl = self.path.open("a")
-            self.tb = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
-
-    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Writes one record; lists (per-exit values) become one TensorBoard scalar per exit."""
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        for name, value in metrics.items():
-            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
-                if isinstance(v, int | float):
-                    self.tb.add_scalar(name if i is None else f"{name}/{i + 1}", v, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        """Closes the files."""
-        if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
-
-
-def _to_host(step: int, metrics: dict[str, jax.Array], where: str) -> dict[str, np.ndarray]:
-    """Fetches a step's metrics; raises FloatingPointError if training diverged."""
-    metrics = jax.device_get(metrics)
-    bad = sorted(k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(metrics[k]))
-    if bad:
-        raise FloatingPointError(
-            f"Non-finite {', '.join(bad)} at step {step} "
-            f"({ {k: float(metrics[k]) for k in bad} }); stopping. {where}"
-        )
-    return metrics
-
-
-def _mean(window: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Mean of each metric over a logging window (per-exit arrays stay lists)."""
-    out = {}
-    for key in window[0]:
-        value = np.mean(np.stack([m[key] for m in window]), axis=0)
-        out[key] = value.tolist() if value.ndim else float(value)
-    return out
+    return loop.make_update(loss_fn, tx, schedule)
 
 
 def _print_summary(summary: dict[str, Any], task: str) -> None:
@@ -194,7 +116,9 @@ def _print_summary(summary: dict[str, Any], task: str) -> None:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[loop.TrainState, dict]:
     """Trains, evaluating every epoch and checkpointing; returns the final state and a summary."""
     sharding.initialize_distributed(config)
     workdir = str(checkpointing.absolute(workdir))  # Orbax needs absolute paths.
@@ -212,6 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())
 
     # ------------------------------------------------------------------------------ input
+    # Starting from a pretrained model means using its vocabulary (init_from.apply_to_config).
+    config = init_from.apply_to_config(config)
     input_ = data.create_input(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -242,40 +168,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     def init(rng):
         params = init_params(model_config, rng)
-        return TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
+        return loop.TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
 
-    # ------------------------------------------------------------------------------ sharding
-    # Shapes first, then the partition rules place every leaf; parameters are created directly
-    # where they live, never gathered on one device.
-    abstract_state = jax.eval_shape(init, init_rng)
-    state_sharding = sharding.tree_shardings(abstract_state, mesh)
-    batch_sharding = sharding.batch_sharding(mesh)
+    start_params = None
+    if config.init_from:  # Pretrained embedding and blocks; exit heads fresh unless asked.
+        pretrained = init_from.load_params(config.init_from, config.init_from_step)
 
-    # ------------------------------------------------------------------------------ update step
-    update_fn = jax.jit(
-        make_update_fn(model, tx, schedule, config, input_.special_token_ids()),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-
-    # ------------------------------------------------------------------------------ checkpoint
-    ckpt = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
-    train_iter = input_.train_iterator(config.seed)
-    restored = ckpt.restore(
-        jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            abstract_state,
-            state_sharding,
-        ),
-        train_iter,
-    )
-    if restored is None:
-        state = jax.jit(init, out_shardings=state_sharding)(init_rng)
-        start_step = 0
-    else:
-        state, start_step = restored
-        logging.info("Resumed from step %d in %s.", start_step, workdir)
+        def start_params(fresh):
+            return init_from.merge(fresh, pretrained, include_exits=config.init_from_exits)
 
     # ------------------------------------------------------------------------------ evaluators
     eval_step = evaluate.make_eval_step(config, mesh)
@@ -294,89 +194,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         }
 
     # ------------------------------------------------------------------------------ loop
-    writer = MetricWriter(workdir)
-    progress = tqdm.tqdm(
-        total=num_train_steps,
-        initial=start_step,
-        disable=not is_main,
+    result = loop.run(
+        config,
+        workdir,
+        mesh,
+        init=init,
+        init_rng=init_rng,
+        update=make_update_fn(model, tx, schedule, config, input_.special_token_ids()),
+        train_iter=input_.train_iterator(config.seed),
+        batch_keys=TRAIN_KEYS,
+        num_train_steps=num_train_steps,
+        steps_per_epoch=input_.steps_per_epoch,
+        eval_every=eval_every,
+        evaluate=run_evaluators,
+        score=evaluate.score,
+        start_params=start_params,
         desc=f"train {config.task}",
-        dynamic_ncols=True,
     )
-    where = f"The last good checkpoint is kept in {workdir}/{checkpointing.LATEST_DIR}."
-    window, pending, results = [], None, None
-    window_seconds, window_steps = 0.0, 0  # Training time only: no compilation, eval or saving.
-    try:
-        for step in range(start_step + 1, num_train_steps + 1):
-            started = time.perf_counter()
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                local = next(train_iter)
-                batch = sharding.global_batch({k: local[k] for k in TRAIN_KEYS}, mesh)
-                state, metrics = update_fn(state, batch)
-            # Metrics are fetched one step late, so the host never waits for the device...
-            if pending is not None:
-                window.append(_to_host(*pending, where))
-            pending = (step, metrics)
-            is_last = step == num_train_steps
-            is_checkpoint = step % config.checkpoint_every_steps == 0 or is_last
-            is_eval = step % eval_every == 0 or is_last
-            is_log = step % config.log_every_steps == 0 or is_last
-            # ...except where a step must be known good: before it is logged or saved.
-            if is_checkpoint or is_eval or is_log:
-                window.append(_to_host(*pending, where))
-                pending = None
-            if step > start_step + 1:  # The first step compiles.
-                window_seconds += time.perf_counter() - started
-                window_steps += 1
-            if is_log:
-                record = _mean(window)
-                if window_steps:
-                    record["examples_per_second"] = (
-                        window_steps * config.batch_size / window_seconds
-                    )
-                record["epoch"] = step / input_.steps_per_epoch
-                writer.write(step, record)
-                progress.set_postfix(
-                    loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}"
-                )
-                window, window_seconds, window_steps = [], 0.0, 0
-            if is_checkpoint:
-                ckpt.save(step, state, train_iter)
-            if is_eval:
-                results = run_evaluators(state.params)
-                writer.write(
-                    step,
-                    {f"{split}/{k}": v for split, res in results.items() for k, v in res.items()},
-                )
-                ckpt.save_best(step, state.params, evaluate.score(results))
-                logging.info("step %d dev: %s", step, results)
-            progress.update(1)
-        if results is None:  # Resumed after the last step: evaluate what was restored.
-            results = run_evaluators(state.params)
-        ckpt.wait()
-        best_step, best_score = ckpt.best.best_step(), ckpt.best_score()
-    finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
 
     selection = None
     if is_main:  # Over every evaluation of the run, also those before a resume.
-        records = [json.loads(line) for line in writer.path.read_text().splitlines()]
+        records = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
         report = evaluate.selection_report(records, config.task, model_config.num_layers)
         selection = {k: v for k, v in report.items() if k not in ("kept", "final")}
     summary = {
         "step": int(num_train_steps),
         "L": model_config.num_layers,
         "vocab_size": model_config.vocab_size,
-        "dev": results,
-        "best_step": best_step,
-        "best_score": best_score,
+        "dev": result.results,
+        "best_step": result.best_step,
+        "best_score": result.best_score,
         "selection": selection,
         "size": packing.size_report(
-            state.params, scale=model_config.scale, binarize=model_config.binarize
+            result.state.params, scale=model_config.scale, binarize=model_config.binarize
         ),
     }
     if is_main:
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(summary, config.task)
-    return state, summary
+    return result.state, summary

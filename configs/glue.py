@@ -78,9 +78,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if task not in NUM_CLASSES:
         raise ValueError(f"Unknown GLUE task {task!r}; valid: {sorted(NUM_CLASSES)}.")
     size = args.get("size", "small")
-    if size not in SIZES:
-        raise ValueError(f"Unknown size {size!r}; valid: {sorted(SIZES)}.")
-    num_layers, hidden_dim, num_heads, slfn_dim, exit_dim = SIZES[size]
     is_pair = task in PAIR_TASKS
 
     config = ml_collections.ConfigDict()
@@ -108,25 +105,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.prefetch = 4  # Batches grain prepares ahead in a background thread.
     config.data.word_dropout = 0.0  # Training tokens replaced by [UNK] with this probability.
 
-    config.model = ml_collections.ConfigDict()
-    config.model.num_layers = num_layers  # Blocks, each followed by an exit head.
-    config.model.hidden_dim = hidden_dim  # d.
-    config.model.num_heads = num_heads  # Attention heads.
-    config.model.slfn_dim = slfn_dim  # d_slfn, the SLFN inner width (FFN ablation uses 4d).
-    config.model.exit_dim = exit_dim  # Hidden width of each exit head.
-    config.model.dropout_rate = 0.1  # Dropout after embeddings, attention and SLFN.
-    config.model.embedding_dropout_rate = 0.0  # Drops whole token vectors of the embedding.
+    config.model = model_config(size, NUM_CLASSES[task], type_vocab_size=2 if is_pair else 1)
     config.model.max_length = config.data.get_ref("max_length")  # Learned positions.
     config.model.vocab_size = config.data.get_ref("vocab_size")  # Set from the tokenizer.
-    config.model.type_vocab_size = 2 if is_pair else 1  # Segment ids.
-    config.model.num_classes = NUM_CLASSES[task]  # 1 means regression (STS-B).
-    config.model.binarize = True  # False: the full-precision counterpart, same parameter tree.
-    config.model.slfn = True  # False: plain binarized FFN (d -> 4d -> d, GELU) ablation.
-    config.model.surrogate = "approx_sign"  # approx_sign | ste_clip | identity.
-    config.model.scale = "per_channel"  # per_channel | per_tensor | none.
-    config.model.detach_scale = False  # Stop the gradient through alpha.
-    config.model.binarize_activations = False  # W1A1 inputs to binarized dense layers.
-    config.model.dtype = "float32"  # Activation dtype (bfloat16 on TPU/GPU); params stay float32.
 
     config.exit = ml_collections.ConfigDict()
     config.exit.policy = "entropy_reduction"  # entropy_reduction | entropy_threshold | patience.
@@ -144,14 +125,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.loss.detach_routing = False  # Stop the gradient through the exit probabilities q.
     config.loss.label_smoothing = 0.0  # Mix one-hot targets with uniform (classification).
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.learning_rate = 1e-3  # Peak learning rate.
-    config.optim.warmup_fraction = 0.06  # Linear warm-up, then cosine decay.
-    config.optim.weight_decay = 0.01  # AdamW decay (not on latent binary weights, biases, norms).
-    config.optim.grad_clip_norm = 1.0  # Global-norm clipping.
-    config.optim.clip_latent = True  # Clip latent binary weights to [-1, 1] after each update.
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
+    config.optim = optim_config()
+
+    # A workdir of pretraining (or training) to start from: its vocabulary, embedding and
+    # blocks (beex_jax/init_from.py); None: from scratch.
+    config.init_from = ml_collections.FieldReference(None, field_type=str)
+    config.init_from_step = -1  # Checkpoint step of init_from to load (-1: its latest).
+    config.init_from_exits = False  # Also load its exit heads (a fine-tuned source).
 
     config.batch_size = 32  # Global training batch.
     config.eval_batch_size = 128  # Global evaluation batch.
@@ -162,6 +142,55 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.keep_checkpoints = 2  # Most recent checkpoints kept (plus the best).
     config.log_every_steps = 50  # Training metrics cadence.
 
+    add_runtime_fields(config)
+    return config.lock()
+
+
+def model_config(
+    size: str, num_classes: int, type_vocab_size: int = 1
+) -> ml_collections.ConfigDict:
+    """The `model` section for a size (shared with configs/pretrain.py)."""
+    if size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}; valid: {sorted(SIZES)}.")
+    num_layers, hidden_dim, num_heads, slfn_dim, exit_dim = SIZES[size]
+    model = ml_collections.ConfigDict()
+    model.num_layers = num_layers  # Blocks, each followed by an exit head.
+    model.hidden_dim = hidden_dim  # d.
+    model.num_heads = num_heads  # Attention heads.
+    model.slfn_dim = slfn_dim  # d_slfn, the SLFN inner width (FFN ablation uses 4d).
+    model.exit_dim = exit_dim  # Hidden width of each exit head.
+    model.dropout_rate = 0.1  # Dropout after embeddings, attention and SLFN.
+    model.embedding_dropout_rate = 0.0  # Drops whole token vectors of the embedding.
+    model.max_length = 128  # Learned positions (the caller ties it to data.max_length).
+    model.vocab_size = 16000  # Set from the tokenizer.
+    model.type_vocab_size = type_vocab_size  # Segment ids.
+    model.num_classes = num_classes  # 1 means regression (STS-B).
+    model.binarize = True  # False: the full-precision counterpart, same parameter tree.
+    model.slfn = True  # False: plain binarized FFN (d -> 4d -> d, GELU) ablation.
+    model.norm = "post"  # post: LayerNorm after each residual add (paper) | pre.
+    model.surrogate = "approx_sign"  # approx_sign | ste_clip | identity.
+    model.scale = "per_channel"  # per_channel | per_tensor | none.
+    model.detach_scale = False  # Stop the gradient through alpha.
+    model.binarize_activations = False  # W1A1 inputs to binarized dense layers.
+    model.dtype = "float32"  # Activation dtype (bfloat16 on TPU/GPU); params stay float32.
+    return model
+
+
+def optim_config() -> ml_collections.ConfigDict:
+    """The `optim` section (shared with configs/pretrain.py)."""
+    optim = ml_collections.ConfigDict()
+    optim.learning_rate = 1e-3  # Peak learning rate.
+    optim.warmup_fraction = 0.06  # Linear warm-up, then cosine decay.
+    optim.weight_decay = 0.01  # AdamW decay (not on latent binary weights, biases, norms).
+    optim.grad_clip_norm = 1.0  # Global-norm clipping.
+    optim.clip_latent = True  # Clip latent binary weights to [-1, 1] after each update.
+    optim.b1 = 0.9
+    optim.b2 = 0.999
+    return optim
+
+
+def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
+    """Mesh and multi-host fields (shared with configs/pretrain.py)."""
     config.mesh = ml_collections.ConfigDict()
     config.mesh.model_parallelism = 1  # Size of the `model` mesh axis; `data` takes the rest.
     config.distributed = False  # Call jax.distributed.initialize() (multi-host).
@@ -169,4 +198,3 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.coordinator_address = ml_collections.FieldReference(None, field_type=str)  # host:port.
     config.num_processes = ml_collections.FieldReference(None, field_type=int)
     config.process_id = ml_collections.FieldReference(None, field_type=int)
-    return config.lock()

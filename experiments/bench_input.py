@@ -33,7 +33,7 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from beex_jax import data, optim, train
+from beex_jax import data, loop, optim, train
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
 
@@ -77,9 +77,12 @@ def bench_step(config, input_: data.GlueInput, steps: int) -> dict:
     tx, schedule = optim.create_optimizer(config, steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     params = init_params(model_config, init_rng)
-    state = train.TrainState(jax.numpy.int32(0), params, tx.init(params), dropout_rng)
+    state = loop.TrainState(jax.numpy.int32(0), params, tx.init(params), dropout_rng)
     update = jax.jit(
-        train.make_update_fn(BEExformer(model_config), tx, schedule, config), donate_argnums=(0,)
+        train.make_update_fn(
+            BEExformer(model_config), tx, schedule, config, input_.special_token_ids()
+        ),
+        donate_argnums=(0,),
     )
     iterator = input_.train_iterator(config.seed + 1)
     batches = [

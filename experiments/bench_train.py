@@ -39,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from beex_jax import flops, optim, train
+from beex_jax import flops, loop, optim, train
+from beex_jax.data import tokenizer
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
 from experiments.machine import cpu_model
@@ -71,9 +72,11 @@ class Step:
         self.model_config = ModelConfig.from_config(config.model)
         tx, schedule = optim.create_optimizer(config, num_train_steps=10_000)
         params = init_params(self.model_config, jax.random.PRNGKey(0))
-        self.state = train.TrainState(jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(1))
+        self.state = loop.TrainState(jnp.int32(0), params, tx.init(params), jax.random.PRNGKey(1))
         update = jax.jit(
-            train.make_update_fn(BEExformer(self.model_config), tx, schedule, config),
+            train.make_update_fn(
+                BEExformer(self.model_config), tx, schedule, config, tokenizer.SPECIAL_IDS
+            ),
             donate_argnums=(0,),
         )
         start = time.perf_counter()

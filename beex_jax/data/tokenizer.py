@@ -27,6 +27,8 @@ from tokenizers import (
 from beex_jax.data import glue_builder
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] must be id 0.
+# Their ids in a learned vocabulary (which starts with them).
+SPECIAL_IDS = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
 
 
 def _normalizer() -> normalizers.Normalizer:

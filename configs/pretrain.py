@@ -1,0 +1,89 @@
+"""Self-supervised MLM pretraining of the BEExformer body on unlabeled text.
+
+Run (offline; the corpus is the train text of every GLUE task in the local folder):
+
+  python -m beex_jax.main --mode=pretrain --config configs/pretrain.py --workdir runs/pretrain \
+      --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds
+
+then fine-tune from it (its vocabulary, embedding and blocks are used):
+
+  python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2-pretrained \
+      --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds \
+      --config.init_from=runs/pretrain
+
+Variants after the colon: `size=tiny|small|base` (the GLUE config's sizes). More text:
+`--config.data.text_files=a.txt,b.txt`, or a TFDS text dataset (`--config.data.tfds_text=
+wikipedia/20230601.en --config.data.text_key=text`), which is what an accelerator run would use.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import glue
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Returns the pretraining config for `size=...`."""
+    args = glue.parse_arg(arg)
+    unknown = set(args) - {"size"}
+    if unknown:
+        raise ValueError(f"Unknown config variant keys {sorted(unknown)}; valid: size.")
+    size = args.get("size", "small")
+
+    config = ml_collections.ConfigDict()
+    config.task = "pretrain"  # Not a GLUE task: no labels, no exit heads.
+    config.seed = 0  # Seeds parameter init, dropout, masking and data order.
+
+    config.data = ml_collections.ConfigDict()
+    # Local GLUE folder: the train text of its tasks is the default corpus.
+    config.data.glue_dir = ml_collections.FieldReference(None, field_type=str)
+    config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS archives.
+    config.data.tfds_dir = "~/tensorflow_datasets"  # Prepared GLUE (and tfds_text) data.
+    # GLUE tasks whose train text is read: "auto" (every local one) or "sst2,cola,...".
+    config.data.corpus_tasks = "auto"
+    config.data.text_files = ()  # Plain-text files, one document or sentence a line.
+    # A TFDS dataset with a text feature (e.g. "wikipedia/20230601.en"); None: none.
+    config.data.tfds_text = ml_collections.FieldReference(None, field_type=str)
+    config.data.tfds_split = "train"  # Its split.
+    config.data.text_key = "text"  # Its text feature.
+    config.data.drop_contained_texts = True  # Drop texts found inside longer ones (sub-phrases).
+    # WordPiece vocabulary file; None learns one from the corpus (saved as WORKDIR/vocab.txt).
+    config.data.vocab_file = ml_collections.FieldReference(None, field_type=str)
+    config.data.vocab_size = 16000  # Largest size of the learned vocabulary.
+    config.data.vocab_min_frequency = 0  # Merge only pairs seen this often (0: no minimum).
+    # Tokens per packed row: covers the longest fine-tuning task (pairs use 128).
+    config.data.max_length = 128
+    config.data.heldout_rows = 256  # Rows of GLUE dev text for masked-token accuracy.
+    config.data.prefetch = 4  # Batches grain prepares ahead in a background thread.
+
+    config.model = glue.model_config(size, num_classes=2, type_vocab_size=2)
+    config.model.num_classes = 2  # Unused here (no exit heads); kept for the shared schema.
+    config.model.max_length = config.data.get_ref("max_length")
+    config.model.vocab_size = config.data.get_ref("vocab_size")  # Set from the tokenizer.
+
+    config.mlm = ml_collections.ConfigDict()
+    config.mlm.mask_rate = 0.15  # Share of the tokens of a row predicted.
+    config.mlm.mask_token_rate = 0.8  # ...of which replaced by [MASK],
+    config.mlm.random_token_rate = 0.1  # ...by a random token (the rest kept as they are).
+    config.mlm.every_exit = False  # Also predict from every block's output (mean loss).
+
+    config.optim = glue.optim_config()
+
+    # A pretraining workdir to continue from (e.g. a full-precision first stage): its vocabulary
+    # and weights; None: from scratch.
+    config.init_from = ml_collections.FieldReference(None, field_type=str)
+    config.init_from_step = -1  # Its checkpoint step (-1: latest).
+
+    config.batch_size = 64  # Global batch of packed rows.
+    config.eval_batch_size = 64  # Held-out batch.
+    config.num_epochs = 10  # Passes over the packed corpus.
+    config.num_train_steps = -1  # Stop after this many steps (-1: num_epochs).
+    config.eval_every_steps = 500  # Held-out masked-token accuracy this often.
+    config.checkpoint_every_steps = 500  # Save the latest state this often, and at the end.
+    config.keep_checkpoints = 2  # Most recent checkpoints kept...
+    config.keep_period = 1000  # ...and every step that is a multiple of this (0: none).
+    config.log_every_steps = 50  # Training metrics cadence.
+
+    glue.add_runtime_fields(config)
+    return config.lock()
