@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tokenizers
 
+from beex_jax.config_fields import ConfigError
 from beex_jax.data import glue_builder
 from beex_jax.data import tokenizer as tokenizer_lib
 
@@ -240,7 +241,7 @@ class CorpusInput:
         process_count: int,
     ):
         if config.batch_size % process_count:
-            raise ValueError(
+            raise ConfigError(
                 f"config.batch_size={config.batch_size} is not divisible by the "
                 f"{process_count} processes."
             )
@@ -251,7 +252,7 @@ class CorpusInput:
         self.process_index = process_index
         self.steps_per_epoch = len(train) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"The corpus packs into {len(train)} rows, fewer than one batch of "
                 f"{config.batch_size}: lower config.batch_size or add text."
             )
