@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ from beex_jax import early_exit, flops
 from beex_jax import exits as ex
 from beex_jax.model import ModelConfig, init_params
 from configs import glue
-from experiments.machine import cpu_model
+from experiments.machine import command_line, cpu_model
 
 _apply_policy = jax.jit(ex.apply_policy)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"
@@ -249,7 +248,7 @@ def main() -> None:
     ]
     report = {
         "benchmark": "early-exit inference vs full depth (wall-clock and FLOPs)",
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beex_jax import predict
 from beex_jax.data import glue_builder
-from experiments.machine import cpu_model
+from experiments.machine import command_line, cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
 DEFAULT_GLUE = os.environ.get(
@@ -136,7 +135,7 @@ def main() -> None:
                     flush=True,
                 )
     report = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
