@@ -225,11 +225,48 @@ def recipe(budget: str = "cpu") -> list[Run]:
     return runs
 
 
+# Self-pretraining (issue 14): one shared MLM-pretrained body (`runs/pretrain`, pre-LN, a
+# full-precision stage then a binarized one; its commands are in experiments/results/pretrain.json)
+# fine-tuned against the same pre-LN model from scratch, at the same fine-tuning budget and seeds.
+PRETRAINED_WORKDIR = "runs/pretrain"
+PRETRAINED_SEEDS = (0, 1)
+PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its 67k examples).
+    "stsb": (("num_epochs", 3),),
+    "sst2": (("num_train_steps", 600), ("eval_every_steps", 200)),
+    "mrpc": (("num_epochs", 3),),
+    "rte": (("num_epochs", 3),),
+    "cola": (("num_epochs", 3),),
+    "wnli": (("num_epochs", 3),),
+}
+
+
+def pretrained(budget: str = "cpu") -> list[Run]:
+    """Fine-tuned from the shared pretrained body vs from scratch (pre-LN, binarized), two seeds."""
+    runs = []
+    for task, task_budget in PRETRAINED_BUDGET.items():
+        train_budget = task_budget if budget == "cpu" else ()
+        for seed in PRETRAINED_SEEDS:
+            for start in ("scratch", "pretrained"):
+                start_overrides = (
+                    (("init_from", PRETRAINED_WORKDIR),) if start == "pretrained" else ()
+                )
+                runs.append(
+                    Run(
+                        f"{task}-{start}-s{seed}",
+                        f"task={task}",
+                        (("model.norm", "pre"), *start_overrides, ("seed", seed), *train_budget),
+                        (("task", task), ("start", start), ("seed", str(seed))),
+                    )
+                )
+    return runs
+
+
 SWEEPS = {
     "reproduction": reproduction,
     "ablations": ablations,
     "target": target,
     "recipe": recipe,
+    "pretrained": pretrained,
 }
 
 
