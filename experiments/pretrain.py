@@ -90,7 +90,7 @@ def collect(name: str, cmd: list[str], workdir: Path) -> dict[str, Any]:
     return {
         "stage": name,
         "command": shlex.join(cmd),
-        "wall_minutes": run.get("wall_seconds", float("nan")) / 60,
+        "wall_minutes": run["wall_seconds"] / 60 if run else summary["wall_minutes_this_run"],
         "summary": summary,
         "heldout_curve": curve,
     }
