@@ -20,11 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from beex_jax.data import corpus  # noqa: E402
+from beex_jax.data import tokenizer as tokenizer_lib  # noqa: E402
+from configs import pretrain as pretrain_config  # noqa: E402
 from experiments import machine  # noqa: E402
 from experiments.paths import relative  # noqa: E402
 
@@ -96,6 +100,32 @@ def collect(name: str, cmd: list[str], workdir: Path) -> dict[str, Any]:
     }
 
 
+def unigram_baseline(workdir: Path) -> dict[str, float]:
+    """Held-out masked-token accuracy and loss of predicting every token by its corpus frequency
+    (the word-frequency stage an MLM passes through first), with the stage's vocabulary."""
+    config = pretrain_config.get_config()
+    config.unlock()
+    config.data.glue_dir = _GLUE_DIR.value
+    config.data.tfds_dir = _TFDS_DIR.value
+    tokenizer = tokenizer_lib.tokenizer_from_vocab(str(workdir / "vocab.txt"))
+    input_ = corpus.create_input(
+        config, tokenizer, corpus.collect_units(config), process_index=0, process_count=1
+    )
+    special = np.array(list(input_.special_token_ids().values()))
+
+    def targets(rows: corpus.PackedRows) -> np.ndarray:
+        ids = rows.input_ids[rows.mask.astype(bool)]
+        return ids[~np.isin(ids, special)]
+
+    counts = np.bincount(targets(input_.train), minlength=input_.vocab_size) + 1.0  # Add-one.
+    log_p = np.log(counts / counts.sum())
+    heldout = targets(input_.heldout)
+    return {
+        "mlm_accuracy": float(np.mean(heldout == np.argmax(counts))),
+        "mlm_loss": float(-np.mean(log_p[heldout])),
+    }
+
+
 def main(argv: list[str]) -> None:
     """Runs the unfinished stages, then writes experiments/results/pretrain.json."""
     del argv
@@ -121,6 +151,7 @@ def main(argv: list[str]) -> None:
         "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count()},
         "load_average": os.getloadavg(),
         "stages": stages,
+        "unigram_baseline": unigram_baseline(Path(_ROOT.value) / STAGES[-1][0]),
     }
     path = Path(_RESULTS.value) / "pretrain.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
