@@ -38,7 +38,8 @@ from beex_jax import early_exit, flops
 from beex_jax import exits as ex
 from beex_jax.model import ModelConfig, init_params
 from configs import glue
-from experiments.machine import command_line, cpu_model
+from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 _apply_policy = jax.jit(ex.apply_policy)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beex_jax import predict
 from beex_jax.data import glue_builder
-from experiments.machine import command_line, cpu_model
+from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
 DEFAULT_GLUE = os.environ.get(

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from beex_jax import data, loop, optim, train
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
-from experiments.machine import command_line
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_input.json"
 

@@ -42,7 +42,8 @@ from beex_jax import flops, loop, optim, train
 from beex_jax.data import tokenizer
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
-from experiments.machine import command_line, cpu_model
+from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from beex_jax import checkpointing, data, early_exit, flops, metrics  # noqa: E402
 from beex_jax import exits as ex  # noqa: E402
 from beex_jax.model import ModelConfig  # noqa: E402
-from experiments.machine import command_line  # noqa: E402
+from experiments.paths import command_line  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Training workdirs of the models to compare.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", None, "Override the GLUE folder in the run config.")

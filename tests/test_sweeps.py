@@ -120,17 +120,17 @@ def test_results_hold_no_absolute_paths_of_the_machine_that_ran_them():
 
 
 def test_command_line_is_repo_relative():
-    from experiments import machine
+    from experiments import paths
 
-    repo = str(machine.REPO)
+    repo = str(paths.REPO)
     argv = [
         f"{repo}/experiments/exit_policies.py",
         f"--workdirs={repo}/runs/a,{repo}/runs/b",
         "--glue_dir",
-        f"{machine.REPO.parent}/shared/data/glue",
+        f"{paths.REPO.parent}/shared/data/glue",
         "--delta=0.1",
     ]
-    assert machine.command_line(argv) == (
+    assert paths.command_line(argv) == (
         "python experiments/exit_policies.py --workdirs=runs/a,runs/b --glue_dir "
         "../shared/data/glue --delta=0.1"
     )
