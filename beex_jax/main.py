@@ -20,13 +20,12 @@ the wrong type are rejected before anything runs.
       the packed 1-bit model of W's best checkpoint in D (default W/export), with its size
       report (`beex_jax.export.export`).
 
-A failure caused by the input, the config, the data or the machine (see `error_message`) ends
+A failure caused by the input, the config, the data or the machine (`beex_jax.failures`) ends
 with one line, `ERROR: ...`, and exit status 1; `--verbosity=1` shows the traceback as well.
 """
 
 from __future__ import annotations
 
-import errno
 import logging as std_logging
 import sys
 
@@ -34,6 +33,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from beex_jax import train
+from beex_jax.failures import error_message
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/glue.py:task=...).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and config.json.")
@@ -96,57 +96,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         while cause.__context__ is not None and not isinstance(cause, KeyError):
             cause = cause.__context__
         sys.exit(f"FATAL Flags parsing error: unknown config field {cause.args[0]}")
-
-
-# errno values that mean the machine refused a write: disk full, quota, file size limit, read-only
-# file system, permissions.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
-_WRITE_MESSAGES = ("No space left on device", "Disk quota exceeded", "File too large")
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and every exception it was raised from or during."""
-    seen: list[BaseException] = []
-    while error is not None and error not in seen:
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
-
-
-def error_message(error: BaseException) -> str | None:
-    """The one-line message for a failure that is not a bug in beex-jax; None for the rest."""
-    from beex_jax import checkpointing, config_fields, export, init_from  # Light modules.
-    from beex_jax.data import glue_builder
-    from beex_jax.predict_files import BadInputError
-
-    expected = (
-        config_fields.ConfigError,
-        checkpointing.CheckpointError,
-        checkpointing.WorkdirError,
-        init_from.InitFromError,
-        glue_builder.GlueFormatError,
-        export.ExportError,
-        BadInputError,
-        FileNotFoundError,
-        FloatingPointError,  # The stop on a non-finite loss, which says what is kept.
-    )
-    for cause in _chain(error):
-        if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
-            where = f" {cause.filename}" if cause.filename else ""
-            return (
-                f"cannot write{where}: {cause.strerror}. Free space or use a writable folder "
-                f"(--workdir, --config.data.tfds_dir); a rerun resumes from the last checkpoint."
-            )
-        text = str(cause)
-        found = next((m for m in _WRITE_MESSAGES if m in text), None)
-        if found:  # Orbax/TensorStore report a failed write in their own exception types.
-            return (
-                f"cannot write the checkpoint ({found}): free disk space or use another "
-                f"--workdir; a rerun resumes from the last complete checkpoint."
-            )
-    if isinstance(error, expected) or type(error) is ValueError:
-        return " ".join(str(error).split())
-    return None
 
 
 def _run_mode() -> None:

@@ -134,9 +134,9 @@ def test_mnli_writes_matched_mismatched_and_ax(bert_vocab_file, glue_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_command_line_writes_the_sst2_file(bert_vocab_file, glue_dir, tfds_dir, tmp_path):
+def test_command_line_writes_the_wnli_file(bert_vocab_file, glue_dir, tfds_dir, tmp_path):
     """`--mode=predict --split=test --glue_submission DIR` on a training workdir: class ids."""
-    config = _config("sst2", bert_vocab_file, glue_dir, tfds_dir)
+    config = _config("wnli", bert_vocab_file, glue_dir, tfds_dir)
     checkpointing.write_config(config, str(tmp_path / "run"))
     ckpt = checkpointing.Checkpoints(str(tmp_path / "run"))
     ckpt.save_best(1, _params(config), 0.5)
@@ -160,8 +160,8 @@ def test_command_line_writes_the_sst2_file(bert_vocab_file, glue_dir, tfds_dir, 
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "SST-2.tsv: 1821 rows" in done.stdout
+    assert "WNLI.tsv: 146 rows" in done.stdout
     got = _assert_matches_test_file(
-        tmp_path / "glue_out" / "SST-2.tsv", glue_dir / "SST-2" / "test.tsv"
+        tmp_path / "glue_out" / "WNLI.tsv", glue_dir / "WNLI" / "test.tsv"
     )
     assert set(got) <= {"0", "1"}
