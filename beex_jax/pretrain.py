@@ -158,8 +158,17 @@ def _pretrain(
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     length = int(config.data.max_length)
 
+    # The output bias starts at the corpus's log word frequencies: Adam moves a bias by about
+    # the learning rate per step, so learning them from zero would take thousands of steps.
+    prior = None
+    if config.mlm.frequency_bias:
+        special_ids = list(input_.special_token_ids().values())
+        prior = corpus.log_unigram_prior(input_.train, input_.vocab_size, special_ids)
+
     def init(rng):
         params = mlm.init_params(model_config, rng, length, config.mlm.every_exit)
+        if prior is not None:
+            params = mlm.with_output_bias(params, prior)
         return loop.TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
 
     start_params = None

@@ -230,10 +230,10 @@ def recipe(budget: str = "cpu") -> list[Run]:
 # fine-tuned against the same pre-LN model from scratch, at the same fine-tuning budget and seeds.
 PRETRAINED_WORKDIR = "runs/pretrain"
 PRETRAINED_FLOAT_WORKDIR = "runs/pretrain-float"  # Its full-precision first stage.
-PRETRAINED_STEPS = 1400  # Steps of each stage (experiments/pretrain.py --steps).
+PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/pretrain.py --steps).
 PRETRAINED_SEEDS = (0, 1)
 PRETRAINED_CURVE_TASKS = ("stsb", "sst2")
-PRETRAINED_CURVE_STEPS = (700,)  # Earlier checkpoints of the binarized stage fine-tuned too.
+PRETRAINED_CURVE_STEPS = (500,)  # Earlier checkpoints of the binarized stage fine-tuned too.
 PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its 67k examples).
     "stsb": (("num_epochs", 3),),
     "sst2": (("num_train_steps", 600), ("eval_every_steps", 200)),

@@ -35,7 +35,7 @@ from experiments.paths import relative  # noqa: E402
 _ROOT = flags.DEFINE_string("root", "runs", "Stage workdirs go to <root>/pretrain-float, pretrain.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", "runs/tfds", "Prepared data (shared with the sweeps).")
-_STEPS = flags.DEFINE_integer("steps", 1400, "Training steps of each stage.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of each stage.")
 _COLLECT_ONLY = flags.DEFINE_bool("collect_only", False, "Only write the record.")
 _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Output folder.")
 
@@ -49,9 +49,9 @@ STAGES = (
 COMMON = (
     ("model.norm", "pre"),
     ("batch_size", 16),
-    ("eval_every_steps", 350),
-    ("checkpoint_every_steps", 350),
-    ("keep_period", 700),
+    ("eval_every_steps", 250),
+    ("checkpoint_every_steps", 250),
+    ("keep_period", 500),
 )
 
 
@@ -114,17 +114,12 @@ def unigram_baseline(workdir: Path) -> dict[str, float]:
     input_ = corpus.create_input(
         config, tokenizer, corpus.collect_units(config), process_index=0, process_count=1
     )
-    special = np.array(list(input_.special_token_ids().values()))
-
-    def targets(rows: corpus.PackedRows) -> np.ndarray:
-        ids = rows.input_ids[rows.mask.astype(bool)]
-        return ids[~np.isin(ids, special)]
-
-    counts = np.bincount(targets(input_.train), minlength=input_.vocab_size) + 1.0  # Add-one.
-    log_p = np.log(counts / counts.sum())
-    heldout = targets(input_.heldout)
+    special = list(input_.special_token_ids().values())
+    log_p = corpus.log_unigram_prior(input_.train, input_.vocab_size, special)
+    ids = input_.heldout.input_ids[input_.heldout.mask.astype(bool)]
+    heldout = ids[~np.isin(ids, special)]
     return {
-        "mlm_accuracy": float(np.mean(heldout == np.argmax(counts))),
+        "mlm_accuracy": float(np.mean(heldout == np.argmax(log_p))),
         "mlm_loss": float(-np.mean(log_p[heldout])),
     }
 

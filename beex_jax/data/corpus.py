@@ -228,6 +228,15 @@ def pack(ids: np.ndarray, segments: np.ndarray, max_length: int, cls_id: int) ->
     )
 
 
+def log_unigram_prior(rows: PackedRows, vocab_size: int, special_ids: Sequence[int]) -> np.ndarray:
+    """Log frequency of every vocabulary entry among the rows' predictable (non-special) tokens,
+    add-one smoothed: [vocab_size] float32, the word-frequency predictor of masked tokens."""
+    ids = rows.input_ids[rows.mask.astype(bool)]
+    ids = ids[~np.isin(ids, np.asarray(list(special_ids), np.int64))]
+    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size] + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
 class CorpusInput:
     """Training batches of packed rows for this process, and the held-out rows."""
 
