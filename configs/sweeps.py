@@ -225,15 +225,18 @@ def recipe(budget: str = "cpu") -> list[Run]:
     return runs
 
 
-# Self-pretraining (issue 14): one shared MLM-pretrained body (`runs/pretrain`, pre-LN, a
-# full-precision stage then a binarized one; its commands are in experiments/results/pretrain.json)
-# fine-tuned against the same pre-LN model from scratch, at the same fine-tuning budget and seeds.
-PRETRAINED_WORKDIR = "runs/pretrain"
-PRETRAINED_FLOAT_WORKDIR = "runs/pretrain-float"  # Its full-precision first stage.
+# Self-pretraining (issue 14): one shared MLM-pretrained body, full precision, pre-LN
+# (`runs/pretrain-float`; its command is in experiments/results/pretrain.json), fine-tuned with
+# binarization-aware training (its weights initialise the latent weights), against the same
+# pre-LN model from scratch, at the same fine-tuning budget and seeds. A binarized second
+# pretraining stage (experiments/pretrain.py --stages=pretrain-float,pretrain) was not run here:
+# the float stage itself was still at the word-frequency stage after its 1000 steps.
+PRETRAINED_WORKDIR = "runs/pretrain-float"
+PRETRAINED_FLOAT_WORKDIR = "runs/pretrain-float"  # Full-precision fine-tuning starts from it too.
 PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/pretrain.py --steps).
 PRETRAINED_SEEDS = (0, 1)
 PRETRAINED_CURVE_TASKS = ("stsb", "sst2")
-PRETRAINED_CURVE_STEPS = (500,)  # Earlier checkpoints of the binarized stage fine-tuned too.
+PRETRAINED_CURVE_STEPS = (500,)  # An earlier checkpoint of the same pretraining, fine-tuned too.
 PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its 67k examples).
     "stsb": (("num_epochs", 3),),
     "sst2": (("num_train_steps", 600), ("eval_every_steps", 200)),

@@ -32,18 +32,19 @@ from configs import pretrain as pretrain_config  # noqa: E402
 from experiments import machine  # noqa: E402
 from experiments.paths import relative  # noqa: E402
 
-_ROOT = flags.DEFINE_string("root", "runs", "Stage workdirs go to <root>/pretrain-float, pretrain.")
-_GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")
-_TFDS_DIR = flags.DEFINE_string("tfds_dir", "runs/tfds", "Prepared data (shared with the sweeps).")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of each stage.")
-_COLLECT_ONLY = flags.DEFINE_bool("collect_only", False, "Only write the record.")
-_RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Output folder.")
-
 # (workdir name, overrides): the binarized stage starts from the full-precision one.
 STAGES = (
     ("pretrain-float", (("model.binarize", False),)),
     ("pretrain", (("model.binarize", True), ("init_from", "{root}/pretrain-float"))),
 )
+_ROOT = flags.DEFINE_string("root", "runs", "Stage workdirs go to <root>/pretrain-float, pretrain.")
+_GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")
+_TFDS_DIR = flags.DEFINE_string("tfds_dir", "runs/tfds", "Prepared data (shared with the sweeps).")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of each stage.")
+_STAGES = flags.DEFINE_list("stages", [name for name, _ in STAGES], "Stages to run, in order.")
+_COLLECT_ONLY = flags.DEFINE_bool("collect_only", False, "Only write the record.")
+_RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Output folder.")
+
 # Batch 16 rows (2k tokens): on a 2-core CPU the number of updates, not the tokens per update,
 # is what a 25-minute stage is short of (batch 64 stayed at the word-frequency stage).
 COMMON = (
@@ -129,6 +130,8 @@ def main(argv: list[str]) -> None:
     del argv
     stages = []
     for name, overrides in STAGES:
+        if name not in _STAGES.value:
+            continue
         workdir = Path(_ROOT.value) / name
         cmd = stage_command(name, overrides)
         if not _COLLECT_ONLY.value and not finished(workdir):
@@ -145,11 +148,11 @@ def main(argv: list[str]) -> None:
         stages.append(collect(name, cmd, workdir))
     out = {
         "command": f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
-        f"--steps={_STEPS.value}",
+        f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}",
         "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count()},
         "load_average": os.getloadavg(),
         "stages": stages,
-        "unigram_baseline": unigram_baseline(Path(_ROOT.value) / STAGES[-1][0]),
+        "unigram_baseline": unigram_baseline(Path(_ROOT.value) / _STAGES.value[-1]),
     }
     path = Path(_RESULTS.value) / "pretrain.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
