@@ -3,11 +3,13 @@
 The batch keeps static shapes; what shrinks is the *active prefix*. Rows of the hidden states are
 kept in a slot order that puts the still-running examples first. For block i, a
 `jax.lax.while_loop` (a `fori_loop` with a traced trip count) runs stage i on consecutive chunks of
-`chunk_size` rows of that prefix only; the online exit policy (`beex_jax.exits.policy_step`) then
-decides for the rows just computed, and a stable sort on "has exited" moves the survivors to the
-front again. The outer `while_loop` over blocks stops as soon as nobody is left. Every row is
-computed independently of the others in its chunk (attention, pooling and LayerNorm are per
-example), so the result does not depend on which examples share a chunk.
+rows of that prefix only (`exit_chunk_rows`: chosen from the batch, its length and the device, so
+that a small batch is split too, unless `config.exit.chunk_size` fixes it); the online exit
+policy (`beex_jax.exits.policy_step`) then decides for the rows just computed, and a stable sort
+on "has exited" moves the survivors to the front again. The outer `while_loop` over blocks stops
+as soon as nobody is left. Every row is computed independently of the others in its chunk
+(attention, pooling and LayerNorm are per example), so the result does not depend on which
+examples share a chunk.
 
 `predict_full_depth` is the reference: the plain scanned forward pass over every block, then the
 same policy on all exits, then a gather. Both return the same dict:
@@ -32,9 +34,18 @@ import numpy as np
 
 from beex_jax import exits as ex
 from beex_jax import flops
-from beex_jax.model import BEExformer, Embedder, ModelConfig, Params, Stage, stage_params
+from beex_jax.model import (
+    ACCELERATORS,
+    BEExformer,
+    Embedder,
+    ModelConfig,
+    Params,
+    Stage,
+    stage_params,
+)
 
 Batch = Mapping[str, Any]
+CHUNK_TOKENS = ex.ExitConfig.chunk_tokens  # Tokens per chunk on CPU when none is configured.
 
 
 def _inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -85,7 +96,57 @@ def apply_exit_policy(
     return _outputs(model_config, lengths, logits, decision.exit_index, decision.last_block)
 
 
-@functools.partial(jax.jit, static_argnames="model_config")
+def chunk_rows(
+    batch_size: int,
+    length: int,
+    *,
+    chunk_tokens: int = CHUNK_TOKENS,
+    min_chunks: int = 1,
+    platform: str | None = None,
+) -> int:
+    """Rows per chunk for a [batch_size, length] batch: cache-sized on CPU, whole on accelerators.
+
+    On CPU a chunk holds about `chunk_tokens` tokens (its activations stay in cache; one big batch
+    is slower per example than a loop over such chunks); on an accelerator the batch is one chunk.
+    `min_chunks > 1` caps a chunk at ceil(batch_size / min_chunks) rows, so that early exit can skip
+    part of a small batch. The result is a power of two (or the whole batch).
+    """
+    platform = platform or jax.default_backend()
+    rows = batch_size if platform in ACCELERATORS else max(1, chunk_tokens // max(length, 1))
+    rows = min(rows, -(-batch_size // max(min_chunks, 1)))
+    if rows >= batch_size:
+        return batch_size
+    return 1 << (rows.bit_length() - 1)  # Round down to a power of two.
+
+
+def exit_chunk_rows(exit_config: ex.ExitConfig, batch_size: int, length: int) -> int:
+    """Rows per chunk of early exit: exit_config.chunk_size, or chosen from the shape (0)."""
+    if exit_config.chunk_size:
+        return min(exit_config.chunk_size, batch_size)
+    return chunk_rows(
+        batch_size,
+        length,
+        chunk_tokens=exit_config.chunk_tokens,
+        min_chunks=exit_config.min_chunks,
+    )
+
+
+def _in_chunks(fn: Any, chunk: int, *arrays: jax.Array) -> Any:
+    """fn over consecutive chunks of `chunk` rows (a loop in XLA), outputs concatenated on axis 0.
+
+    The batch is padded to a whole number of chunks and the padding dropped again; fn must treat
+    rows independently (every stage does), so chunking does not change the result.
+    """
+    batch = arrays[0].shape[0]
+    if chunk >= batch:
+        return fn(*arrays)
+    num = -(-batch // chunk)
+    padded = [jnp.pad(x, [(0, num * chunk - batch)] + [(0, 0)] * (x.ndim - 1)) for x in arrays]
+    out = jax.lax.map(lambda xs: fn(*xs), [x.reshape(num, chunk, *x.shape[1:]) for x in padded])
+    return jax.tree.map(lambda y: y.reshape(num * chunk, *y.shape[2:])[:batch], out)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "chunk_size"))
 def full_depth_logits(
     params: Params,
     input_ids: jax.Array,
@@ -93,9 +154,19 @@ def full_depth_logits(
     mask: jax.Array,
     *,
     model_config: ModelConfig,
+    chunk_size: int = 0,
 ) -> jax.Array:
-    """Logits of every exit [L, B, C]: the plain scanned forward pass, all blocks."""
-    return BEExformer(model_config).apply({"params": params}, input_ids, segment_ids, mask)
+    """Logits of every exit [L, B, C]: the plain scanned forward pass, all blocks.
+
+    Large batches run as a loop over chunks of `chunk_size` rows (0: `chunk_rows` of the shape).
+    """
+    chunk = chunk_size or chunk_rows(*input_ids.shape)
+    model = BEExformer(model_config)
+
+    def forward(ids, segments, m):  # [L, chunk, C] -> [chunk, L, C] to chunk the batch axis.
+        return jnp.swapaxes(model.apply({"params": params}, ids, segments, m), 0, 1)
+
+    return jnp.swapaxes(_in_chunks(forward, chunk, input_ids, segment_ids, mask), 0, 1)
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -132,7 +203,7 @@ def early_exit_forward(
     cfg = model_config
     batch_size = input_ids.shape[0]
     num_layers, num_classes = cfg.num_layers, cfg.num_classes
-    chunk = min(exit_config.chunk_size, batch_size)
+    chunk = exit_chunk_rows(exit_config, batch_size, input_ids.shape[1])
     slots = -(-batch_size // chunk) * chunk  # Padded so every chunk is a full slice.
     pad = [(0, slots - batch_size), (0, 0)]
     input_ids, segment_ids, mask = (jnp.pad(x, pad) for x in (input_ids, segment_ids, mask))

@@ -35,14 +35,14 @@ import tokenizers
 from beex_jax import checkpointing, data, early_exit, export, export_loader, flops
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
-from beex_jax.model import ModelConfig, Params
+from beex_jax.model import ModelConfig, Params, inference_params
 from beex_jax.predict_files import BadInputError, predict_file
 
 __all__ = ["MODES", "BadInputError", "Predictor", "load", "predict", "predict_file"]
 MODES = ("early_exit", "full_depth")
 
 
-@functools.partial(jax.jit, static_argnames="model_config")
+@functools.partial(jax.jit, static_argnames=("model_config", "chunk_size"))
 def last_exit_forward(
     params: Params,
     input_ids: jax.Array,
@@ -50,10 +50,11 @@ def last_exit_forward(
     mask: jax.Array,
     *,
     model_config: ModelConfig,
+    chunk_size: int = 0,
 ) -> dict[str, jax.Array]:
-    """No early exit: every block on every example, answered by the last exit."""
+    """No early exit: every block on every example (in chunks of rows), the last exit answers."""
     logits = early_exit.full_depth_logits(
-        params, input_ids, segment_ids, mask, model_config=model_config
+        params, input_ids, segment_ids, mask, model_config=model_config, chunk_size=chunk_size
     )[-1]
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
     last = jnp.full(lengths.shape, model_config.num_layers - 1, jnp.int32)
@@ -92,10 +93,17 @@ class Predictor:
     ):
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; valid: {MODES}.")
-        self.config, self.tokenizer, self.mode = config, tokenizer, mode
+        self.tokenizer, self.mode = tokenizer, mode
         self.source = source  # Where the model was loaded from.
         self.task = config.task
-        self.model_config = ModelConfig.from_config(config.model)
+        # Binarized once here: the jitted forward passes read alpha * sign(W) as it is.
+        latent_config = ModelConfig.from_config(config.model)
+        params, self.model_config = inference_params(jax.device_put(params), latent_config)
+        if self.model_config != latent_config:
+            config = config.copy_and_resolve_references()
+            with config.unlocked():
+                config.model.packed_weights = True
+        self.config, self.params = config, params
         exit_values = dict(config.exit.items())
         if delta is not None:
             exit_values["delta"] = float(delta)
@@ -115,7 +123,6 @@ class Predictor:
         )
         self.batch_size = int(batch_size or config.eval_batch_size)
         self.batch_sizes = batch_sizes(self.batch_size)
-        self.params = jax.device_put(params)
         self._empty = data.encode(tokenizer, [""], max_length=self.max_length)
 
     @property
@@ -148,7 +155,12 @@ class Predictor:
             )
         else:
             out = last_exit_forward(
-                self.params, input_ids, segment_ids, mask, model_config=self.model_config
+                self.params,
+                input_ids,
+                segment_ids,
+                mask,
+                model_config=self.model_config,
+                chunk_size=self.exit_config.chunk_size,
             )
         return jax.device_get(out)
 
