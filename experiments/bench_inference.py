@@ -1,6 +1,7 @@
 """Inference throughput on the real SST-2 dev set: early exit, full depth, full precision.
 
-Run (about 5 minutes on a 2-core CPU), after training a binarized and a full-precision model:
+Run (a few minutes on a 2-core CPU), after training a binarized (and optionally a
+full-precision) model:
 
   python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2 \
       --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds
@@ -11,7 +12,11 @@ Run (about 5 minutes on a 2-core CPU), after training a binarized and a full-pre
   python experiments/bench_inference.py --workdir runs/sst2/export --float_workdir runs/sst2_float
 
 `--workdir` may be a training workdir or an export (the packed 1-bit model, which is what one
-deploys); `--float_workdir` is the full-precision counterpart of the same architecture.
+deploys); `--latent_workdir` (optional) is the training workdir of the same model, whose latent
+weights are binarized once on load, so it should run as fast as the export; `--float_workdir`
+(optional) is the full-precision counterpart of the same architecture. The report checks that the
+per-example throughput does not fall from batch 32 to 256 (`targets_met`): large batches run as a
+loop over cache-sized chunks of rows (`beex_jax.early_exit.chunk_rows`).
 
 What is measured, in one run: for each model and mode (early exit, SPEC §3, and full depth) and
 each batch size, the examples/s of `Predictor.predict_encoded` over the whole dev set: sorting by
@@ -26,6 +31,7 @@ the machine and its load average (the CPUs may be shared).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -85,6 +91,11 @@ def model_info(predictor) -> dict:
         "source": predictor.source,
         "binarize": predictor.model_config.binarize,
         "packed_weights": predictor.model_config.packed_weights,
+        "activation_dtype": str(predictor.model_config.activation_dtype),
+        "chunk": {
+            k: getattr(predictor.exit_config, k)
+            for k in ("chunk_size", "chunk_tokens", "min_chunks")
+        },
         "vocab_size": predictor.model_config.vocab_size,
         "num_params": int(sum(p.size for p in params)),
         "num_layers": predictor.model_config.num_layers,
@@ -96,15 +107,21 @@ def main() -> None:
     """Runs the benchmark, prints a table and writes the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="Binarized model: workdir or export.")
-    parser.add_argument("--float_workdir", required=True, help="Full-precision counterpart.")
+    parser.add_argument("--latent_workdir", default=None, help="Its training workdir.")
+    parser.add_argument("--float_workdir", default=None, help="Full-precision counterpart.")
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE)
-    parser.add_argument("--batch_sizes", default="1,32,256")
+    parser.add_argument("--batch_sizes", default="1,32,64,128,256")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS), type=Path)
     args = parser.parse_args()
     load_start = os.getloadavg()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    models = {"binarized": args.workdir, "full_precision": args.float_workdir}
+    models = {
+        "binarized": args.workdir,
+        "binarized_latent_workdir": args.latent_workdir,
+        "full_precision": args.float_workdir,
+    }
+    models = {name: path for name, path in models.items() if path}
     info, rows = {}, []
     texts = labels = None
     for name, path in models.items():
@@ -135,8 +152,23 @@ def main() -> None:
                     f"mean exit block {row['mean_exit_block']:.2f}",
                     flush=True,
                 )
+    targets = {}
+    for name in models:
+        for mode in predict.MODES:
+            rates = {
+                r["batch_size"]: r["examples_per_second"]
+                for r in rows
+                if r["model"] == name and r["mode"] == mode and 32 <= r["batch_size"] <= 256
+            }
+            ordered = [rates[b] for b in sorted(rates)]
+            targets[f"{name}/{mode}/throughput_non_decreasing_32_to_256"] = all(
+                b >= a for a, b in itertools.pairwise(ordered)
+            )
+            targets[f"{name}/{mode}/throughput_256_over_32"] = (
+                rates[256] / rates[32] if 32 in rates and 256 in rates else None
+            )
     report = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
@@ -152,6 +184,7 @@ def main() -> None:
         f"median of {args.repeats} after a compiling pass",
         "models": info,
         "results": rows,
+        "targets_met": targets,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
