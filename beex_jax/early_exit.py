@@ -131,19 +131,14 @@ def exit_chunk_rows(exit_config: ex.ExitConfig, batch_size: int, length: int) ->
     )
 
 
-def _in_chunks(fn: Any, chunk: int, *arrays: jax.Array) -> Any:
-    """fn over consecutive chunks of `chunk` rows (a loop in XLA), outputs concatenated on axis 0.
+def _pad_rows(x: jax.Array, slots: int) -> jax.Array:
+    """x padded with zero rows to `slots` rows."""
+    return jnp.pad(x, [(0, slots - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
-    The batch is padded to a whole number of chunks and the padding dropped again; fn must treat
-    rows independently (every stage does), so chunking does not change the result.
-    """
-    batch = arrays[0].shape[0]
-    if chunk >= batch:
-        return fn(*arrays)
-    num = -(-batch // chunk)
-    padded = [jnp.pad(x, [(0, num * chunk - batch)] + [(0, 0)] * (x.ndim - 1)) for x in arrays]
-    out = jax.lax.map(lambda xs: fn(*xs), [x.reshape(num, chunk, *x.shape[1:]) for x in padded])
-    return jax.tree.map(lambda y: y.reshape(num * chunk, *y.shape[2:])[:batch], out)
+
+def _active_rows(num_rows: jax.Array | int | None, batch_size: int) -> jax.Array:
+    """The rows that are real examples (int32, may be traced): the rest are padding."""
+    return jnp.int32(batch_size) if num_rows is None else jnp.asarray(num_rows, jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "chunk_size"))
@@ -155,18 +150,31 @@ def full_depth_logits(
     *,
     model_config: ModelConfig,
     chunk_size: int = 0,
+    num_rows: jax.Array | int | None = None,
 ) -> jax.Array:
     """Logits of every exit [L, B, C]: the plain scanned forward pass, all blocks.
 
-    Large batches run as a loop over chunks of `chunk_size` rows (0: `chunk_rows` of the shape).
+    A batch larger than a chunk (`chunk_size` rows; 0: `chunk_rows` of the shape) runs as a loop
+    over chunks. `num_rows` (may be traced) marks the rows from there on as padding: the loop stops
+    at the chunk holding the last real row, and the logits of skipped rows are 0.
     """
-    chunk = chunk_size or chunk_rows(*input_ids.shape)
+    batch_size = input_ids.shape[0]
     model = BEExformer(model_config)
+    chunk = chunk_size or chunk_rows(*input_ids.shape)
+    if chunk >= batch_size:
+        return model.apply({"params": params}, input_ids, segment_ids, mask)
+    slots = -(-batch_size // chunk) * chunk
+    inputs = [_pad_rows(x, slots) for x in (input_ids, segment_ids, mask)]
 
-    def forward(ids, segments, m):  # [L, chunk, C] -> [chunk, L, C] to chunk the batch axis.
-        return jnp.swapaxes(model.apply({"params": params}, ids, segments, m), 0, 1)
+    def run_chunk(c, logits):
+        rows = [jax.lax.dynamic_slice_in_dim(x, c * chunk, chunk) for x in inputs]
+        rows_logits = model.apply({"params": params}, *rows)  # [L, chunk, C]
+        return jax.lax.dynamic_update_slice_in_dim(logits, rows_logits, c * chunk, axis=1)
 
-    return jnp.swapaxes(_in_chunks(forward, chunk, input_ids, segment_ids, mask), 0, 1)
+    num_chunks = (_active_rows(num_rows, batch_size) + chunk - 1) // chunk
+    shape = (model_config.num_layers, slots, model_config.num_classes)
+    logits = jax.lax.fori_loop(0, num_chunks, run_chunk, jnp.zeros(shape, jnp.float32))
+    return logits[:, :batch_size]
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -198,8 +206,13 @@ def early_exit_forward(
     exit_config: ex.ExitConfig,
     *,
     model_config: ModelConfig,
+    num_rows: jax.Array | int | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """Early-exit inference on arrays: (prediction dict, work done); see `predict_early_exit`."""
+    """Early-exit inference on arrays: (prediction dict, work done); see `predict_early_exit`.
+
+    `num_rows` (may be traced) marks the rows from there on as padding: they are never computed
+    and their outputs are meaningless.
+    """
     cfg = model_config
     batch_size = input_ids.shape[0]
     num_layers, num_classes = cfg.num_layers, cfg.num_classes
@@ -269,7 +282,7 @@ def early_exit_forward(
         "exit_index": jnp.zeros((slots,), jnp.int32),
         "last_block": jnp.zeros((slots,), jnp.int32),
     }
-    init = (jnp.int32(0), jnp.int32(batch_size), rows, out, jnp.int32(0))
+    init = (jnp.int32(0), _active_rows(num_rows, batch_size), rows, out, jnp.int32(0))
     blocks_run, _, rows, out, rows_run = jax.lax.while_loop(cond, body, init)
     # Back from slot order to example order, padding dropped.
     out = _permute(out, jnp.argsort(rows["example"])[:batch_size])

@@ -51,10 +51,17 @@ def last_exit_forward(
     *,
     model_config: ModelConfig,
     chunk_size: int = 0,
+    num_rows: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """No early exit: every block on every example (in chunks of rows), the last exit answers."""
     logits = early_exit.full_depth_logits(
-        params, input_ids, segment_ids, mask, model_config=model_config, chunk_size=chunk_size
+        params,
+        input_ids,
+        segment_ids,
+        mask,
+        model_config=model_config,
+        chunk_size=chunk_size,
+        num_rows=num_rows,
     )[-1]
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
     last = jnp.full(lengths.shape, model_config.num_layers - 1, jnp.int32)
@@ -139,11 +146,19 @@ class Predictor:
         )
 
     def run_batch(
-        self, input_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray
+        self,
+        input_ids: np.ndarray,
+        segment_ids: np.ndarray,
+        mask: np.ndarray,
+        num_rows: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """The jitted forward pass on one padded batch: early exit, or every block (full depth)."""
+        """The jitted forward pass on one padded batch: early exit, or every block (full depth).
+
+        Rows from `num_rows` on are padding: not computed, their outputs meaningless.
+        """
         chex.assert_rank([input_ids, segment_ids, mask], 2)
         chex.assert_equal_shape([input_ids, segment_ids, mask])
+        num_rows = None if num_rows is None else np.int32(num_rows)
         if self.mode == "early_exit":
             out, _ = early_exit.early_exit_forward(
                 self.params,
@@ -152,6 +167,7 @@ class Predictor:
                 mask,
                 self.exit_config,
                 model_config=self.model_config,
+                num_rows=num_rows,
             )
         else:
             out = last_exit_forward(
@@ -161,28 +177,37 @@ class Predictor:
                 mask,
                 model_config=self.model_config,
                 chunk_size=self.exit_config.chunk_size,
+                num_rows=num_rows,
             )
         return jax.device_get(out)
 
     def batches(self, encoded: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, dict]]:
-        """(example indices, padded batch) in length order; padding rows are empty texts."""
+        """(example indices, padded batch) in length order; padding rows are empty texts.
+
+        A batch never mixes bucket lengths (a short example is not padded to a long one's bucket),
+        and the padding rows of a partial batch are skipped by the forward pass (`num_rows`).
+        """
         order = np.argsort(encoded["length"], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            size = next(s for s in self.batch_sizes if s >= len(rows))
-            length = pipeline.bucket_length(int(encoded["length"][rows].max()), self.lengths)
-            batch = {}
-            for key in ("input_ids", "segment_ids", "mask"):
-                padding = np.repeat(self._empty[key], size - len(rows), axis=0)
-                batch[key] = np.concatenate([encoded[key][rows], padding])[:, :length]
-            yield rows, batch
+        buckets = np.array(
+            [pipeline.bucket_length(int(n), self.lengths) for n in encoded["length"][order]]
+        )
+        for length in np.unique(buckets):
+            same = order[buckets == length]
+            for start in range(0, len(same), self.batch_size):
+                rows = same[start : start + self.batch_size]
+                size = next(s for s in self.batch_sizes if s >= len(rows))
+                batch = {}
+                for key in ("input_ids", "segment_ids", "mask"):
+                    padding = np.repeat(self._empty[key], size - len(rows), axis=0)
+                    batch[key] = np.concatenate([encoded[key][rows], padding])[:, :length]
+                yield rows, batch
 
     def predict_encoded(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-example outputs (logits, prediction, exit_index, last_block, flops), input order."""
         num = len(encoded["length"])
         outputs: dict[str, np.ndarray] = {}
         for rows, batch in self.batches(encoded):
-            for key, value in self.run_batch(**batch).items():
+            for key, value in self.run_batch(**batch, num_rows=len(rows)).items():
                 if key not in outputs:
                     outputs[key] = np.zeros((num, *value.shape[1:]), value.dtype)
                 outputs[key][rows] = value[: len(rows)]

@@ -114,15 +114,15 @@ def timed(fn, batches) -> float:
 
 
 def dev_batches(predictor, glue_dir: str, batch_size: int) -> list[dict[str, jax.Array]]:
-    """The real dev set batched as `Predictor` does: sorted by length, padded to the buckets."""
+    """The dev set batched as `Predictor` does (by length and bucket), with `num_rows` real."""
     from experiments.bench_inference import dev_set
 
     texts, _ = dev_set(glue_dir, predictor.task)
     predictor.batch_size = batch_size
     predictor.batch_sizes = predict.batch_sizes(batch_size)
     return [
-        {k: jax.device_put(v) for k, v in batch.items()}
-        for _, batch in predictor.batches(predictor.encode(texts))
+        {**{k: jax.device_put(v) for k, v in batch.items()}, "num_rows": np.int32(len(rows))}
+        for rows, batch in predictor.batches(predictor.encode(texts))
     ]
 
 
@@ -176,6 +176,7 @@ def main() -> None:
             batch["mask"],
             model_config=model_config,
             chunk_size=chunk_size,
+            num_rows=batch.get("num_rows"),
         )
 
     def full_same_chunks(batch):
@@ -190,6 +191,7 @@ def main() -> None:
             batch["mask"],
             exit_config,
             model_config=model_config,
+            num_rows=batch.get("num_rows"),
         )
 
     runs = []
@@ -213,6 +215,7 @@ def main() -> None:
         exit_index, rows_run, mismatches = [], 0, 0
         for batch in batches:
             outputs, work = early(batch)
+            real = int(batch.get("num_rows", len(batch["mask"])))  # Padding rows not counted.
             reference = early_exit.full_depth_forward(
                 params,
                 batch["input_ids"],
@@ -223,14 +226,18 @@ def main() -> None:
             )
             mismatches += int(
                 np.sum(
-                    (np.asarray(outputs["exit_index"]) != np.asarray(reference["exit_index"]))
-                    | (np.asarray(outputs["prediction"]) != np.asarray(reference["prediction"]))
+                    (np.asarray(outputs["exit_index"]) != np.asarray(reference["exit_index"]))[
+                        :real
+                    ]
+                    | (np.asarray(outputs["prediction"]) != np.asarray(reference["prediction"]))[
+                        :real
+                    ]
                 )
             )
-            lens = jnp.sum(batch["mask"], axis=-1)
-            spent += float(outputs["flops"].sum())
+            lens = jnp.sum(batch["mask"][:real], axis=-1)
+            spent += float(outputs["flops"][:real].sum())
             full_flops += float(flops.full_depth_flops(model_config, lens).sum())
-            exit_index.append(np.asarray(outputs["exit_index"]))
+            exit_index.append(np.asarray(outputs["exit_index"])[:real])
             rows_run += int(work["rows_run"])
         same_times, default_times, early_times = [], [], []
         for _ in range(args.repeats):
@@ -239,7 +246,7 @@ def main() -> None:
             early_times.append(timed(early, batches))
         same_s, default_s = statistics.median(same_times), statistics.median(default_times)
         early_s = statistics.median(early_times)
-        num_examples = batch_size * len(batches)
+        num_examples = sum(int(b.get("num_rows", len(b["mask"]))) for b in batches)
         ideal, measured = full_flops / spent, same_s / early_s
         exit_index = np.concatenate(exit_index)
         widths = sorted({int(b["mask"].shape[1]) for b in batches})

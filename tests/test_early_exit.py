@@ -265,3 +265,28 @@ def test_full_depth_in_chunks_equals_one_pass(batch_size, chunk):
     whole = early_exit.full_depth_logits(*args, model_config=model_config, chunk_size=batch_size)
     chex.assert_shape(chunked, (NUM_LAYERS, batch_size, 2))
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_padding_rows_past_num_rows_are_skipped():
+    """Rows from num_rows on are padding: no chunk past the last real row runs, in either path."""
+    model_config = ModelConfig.from_config(make_config().model)
+    config = make_config(delta=0.0, chunk_size=4)
+    batch, num_rows = make_batch(16, seed=9), 5
+    args = (model_params(), batch["input_ids"], batch["segment_ids"], batch["mask"])
+    whole = early_exit.full_depth_logits(*args, model_config=model_config, chunk_size=4)
+    part = early_exit.full_depth_logits(
+        *args, model_config=model_config, chunk_size=4, num_rows=jnp.int32(num_rows)
+    )
+    np.testing.assert_array_equal(part[:, :num_rows], whole[:, :num_rows])
+    np.testing.assert_array_equal(part[:, 8:], 0.0)  # Chunks 2 and 3 never ran.
+    exit_config = ex.ExitConfig.from_config(config.exit)
+    outputs, work = early_exit.early_exit_forward(
+        *args, exit_config, model_config=model_config, num_rows=num_rows
+    )
+    real = {k: v[:num_rows] for k, v in batch.items()}
+    early, _ = assert_same_predictions(config, model_params(), real)
+    for key in ("exit_index", "last_block", "prediction"):
+        np.testing.assert_array_equal(outputs[key][:num_rows], early[key])
+    last_block = np.asarray(early["last_block"])
+    active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
+    assert int(work["rows_run"]) == sum(-(-a // 4) * 4 for a in active if a)

@@ -139,7 +139,8 @@ def test_predictor_holds_binarized_weights(tmp_path, bert_vocab_file):
     assert predictor.model_config.packed_weights and predictor.config.model.packed_weights
     assert not config.model.get("packed_weights", False)
     assert_binarized(predictor.params, latent)
-    encoded = predictor.encode([(s,) for s in SENTENCES])
+    # 7 texts in batches of 4: the second has 3 rows and 1 padding row, skipped (num_rows).
+    encoded = predictor.encode([(s,) for s in [*SENTENCES, "fine", "a bad , bad film"]])
     want = early_exit.predict_full_depth(latent, encoded, config)  # Latent weights, binarized.
     got = predictor.predict_encoded(encoded)
     np.testing.assert_array_equal(got["exit_index"], want["exit_index"])
