@@ -17,8 +17,10 @@ float32 alpha * sign(W) weights and the same int32 inputs (written to a .npz the
 Before timing, the logits of every batch are compared (`outputs_match`).
 
 Cases: random token ids at batch x length 1x32, 32x32, 256x32, 256x64 (real lengths uniform in
-[length/2, length]), and the real SST-2 dev set tokenized by the model's vocabulary, sorted by
-length and padded to the bucket lengths in batches of 256 (as `Predictor` batches it). Variants:
+[length/2, length]; a pass calls the batch enough times for 64 examples at least), and the real
+SST-2 dev set tokenized by the model's vocabulary, sorted by length and padded to the bucket
+lengths in batches of 256 (as `Predictor` batches it; both sides compute the padding rows).
+Variants:
   jax_export      full_depth_logits on the export's weights (chunked as inference chooses)
   jax_workdir     the same on the training workdir's latent weights, binarized once on load
   jax_early_exit  early_exit_forward (SST-2 dev only; per-example exits at the config's delta)
@@ -131,8 +133,10 @@ def main() -> None:
     from_export = predict.load(args.export, mode="full_depth", batch_size=args.sst2_batch_size)
     from_workdir = predict.load(args.workdir, mode="full_depth")
     model_config, exit_config = from_export.model_config, from_export.exit_config
+    # A random case is one batch, called enough times (64 examples at least) to be timed.
     cases = {
-        f"{b}x{t}": [random_case(b, t, model_config.vocab_size, seed=b * t)] for b, t in SHAPES
+        f"{b}x{t}": [random_case(b, t, model_config.vocab_size, seed=b * t)] * max(1, 64 // b)
+        for b, t in SHAPES
     }
     texts, labels = dev_set(args.glue_dir, from_export.task)
     encoded = from_export.encode(texts)
