@@ -2,6 +2,10 @@
 
 A workdir holds:
   config.json    the resolved config of the run (vocab size included): enough to rebuild the model.
+  config_history.jsonl  every config the run has used, with the step it started from (a resume
+                 with another config must be asked for: `allow_change`).
+  vocab.txt      the vocabulary the model reads (`beex_jax.train` copies it there).
+  .lock          held (flock) by the training process writing the workdir; names its PID.
   checkpoints/   the K most recent steps: `state` (params, optimizer state, step, RNG) and `data`
                  (each process's grain iterator state: a resumed run gets exactly the next batch).
   best/          the parameters with the best dev metric so far (one step, score in its metrics).
@@ -13,9 +17,13 @@ complete, so a run killed mid-save resumes from the previous complete step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
@@ -28,14 +36,71 @@ from beex_jax import model as model_lib
 
 PyTree = Any
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+LOCK_FILE = ".lock"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 # Config sections that decide the shapes and meaning of the parameters.
 _MODEL_KEYS = ("task", "model")
+# Fields a resumed run may change freely: where files are and how the run is laid out or logged,
+# nothing that changes what it computes.
+RUNTIME_FIELDS = (
+    "data.glue_dir",
+    "data.manual_dir",
+    "data.tfds_dir",
+    "data.prefetch",
+    "mesh.model_parallelism",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, incomplete, or from a different model."""
+
+
+class WorkdirError(RuntimeError):
+    """A workdir this run cannot use: another run holds it, or it is not writable."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Holds an exclusive `flock` on workdir/.lock while training (process 0; local paths).
+
+    A second writer is refused at once with the PID of the holder. The kernel drops the lock when
+    the holder exits in any way, SIGKILL included, so a stale .lock file blocks nobody.
+    """
+    if jax.process_index() != 0 or "://" in str(workdir):
+        yield
+        return
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkdirError(
+            f"Cannot write to --workdir {workdir} ({e.strerror}: {e.filename}); use a folder "
+            f"this user can write."
+        ) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise WorkdirError(
+                f"{workdir} is in use by another training run (PID {holder}); wait for it to "
+                f"end or stop it, or use another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # Releases the lock.
 
 
 def absolute(workdir: str | os.PathLike) -> epath.Path:
@@ -45,11 +110,38 @@ def absolute(workdir: str | os.PathLike) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(workdir)))
 
 
+def latest_saved_step(workdir: str) -> int:
+    """Step of the newest complete training checkpoint folder in workdir (0 if none)."""
+    directory = epath.Path(workdir) / LATEST_DIR
+    steps = (
+        [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+    )
+    return max(steps, default=0)
+
+
+def _history_entry(config: Any, workdir: str) -> str:
+    entry = {"start_step": latest_saved_step(workdir), "time": time.time(), "config": config}
+    return json.dumps(entry, sort_keys=True) + "\n"
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config to workdir/config.json (process 0 only)."""
+    """Writes the resolved config to workdir/config.json (process 0 only).
+
+    A config that differs from the one before it is also appended to config_history.jsonl, so
+    the history holds every config the run has used.
+    """
     if jax.process_index() == 0:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
+        current = json.loads(config.to_json_best_effort())
+        history = path / HISTORY_FILE
+        previous = path / CONFIG_FILE
+        if not history.exists() and previous.exists():  # A workdir from before the history.
+            history.write_text(_history_entry(json.loads(previous.read_text()), workdir))
+        lines = history.read_text().splitlines() if history.exists() else []
+        if not lines or json.loads(lines[-1])["config"] != current:
+            with history.open("a") as f:
+                f.write(_history_entry(current, workdir))
         # Written whole, then renamed: other processes may read it (check_config_matches) now.
         tmp = path / f"{CONFIG_FILE}.tmp"
         tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -64,8 +156,36 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises CheckpointError if workdir was trained with a different task or model."""
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: saved -> current` for every field that differs, runtime fields left out."""
+    old, new = _flatten(saved), _flatten(current)
+    missing = "(absent)"
+    return [
+        f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in RUNTIME_FIELDS and old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def check_config_matches(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_change: bool = False
+) -> None:
+    """Raises CheckpointError if workdir holds a run of another model, or of another config.
+
+    A different task or model is always refused. Any other difference (seed, batch size,
+    learning rate, data options, ...) is refused unless `allow_change`; the message names only
+    the differing fields. Runtime fields (`RUNTIME_FIELDS`: paths, mesh, logging) may change.
+    """
     if not (epath.Path(workdir) / CONFIG_FILE).exists():
         return
     saved = read_config(workdir).to_dict()
@@ -79,6 +199,14 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> Non
         raise CheckpointError(
             f"{workdir} holds a run with a different model; resuming it would mix them. "
             f"Use a new --workdir, or the original config. Differences: {'; '.join(diffs)}"
+        )
+    changed = config_differences(saved, current)
+    if changed and not allow_change:
+        raise CheckpointError(
+            f"{workdir} holds a run with another config; resuming it with this one would mix "
+            f"two runs. Changed (checkpoint -> now): {'; '.join(changed)}. Rerun with the "
+            f"original values, use a new --workdir, or pass --allow_config_change to resume "
+            f"with the new ones ({HISTORY_FILE} keeps every config the run used)."
         )
 
 
@@ -153,11 +281,19 @@ class Checkpoints:
         return restored["state"], step
 
     def best_score(self) -> float | None:
-        """The dev score of the best checkpoint so far, or None."""
-        step = self.best.best_step()
-        if step is None:
+        """The dev score of the best checkpoint so far, or None.
+
+        A step whose metrics are missing on disk (another writer removed them, or a save was
+        cut short) is skipped: the best score is the highest one still readable.
+        """
+        if self.best.best_step() is None:
             return None
-        return float(self.best.metrics(step)["score"])
+        scores = []
+        for step in self.best.all_steps():
+            metrics = self.best.metrics(step)
+            if isinstance(metrics, Mapping) and metrics.get("score") is not None:
+                scores.append(float(metrics["score"]))
+        return max(scores, default=None)
 
     def save_best(self, step: int, params: PyTree, score: float) -> bool:
         """Saves `params` as the best if `score` beats the best so far; True if it did."""

@@ -5,8 +5,10 @@ An export directory holds everything prediction needs and no latent weights:
   manifest.json   format name and version, the parameter tree (every leaf's path, logical shape,
                   whether it is binarized and which array files hold it), and for every other file
                   its byte count and SHA-256, checked on load.
-  config.json     the training run's config (config.model.vocab_size = rows of the embedding);
-                  not checksummed, so exit settings may be edited, but it must match the arrays.
+  config.json     the training run's config (config.model.vocab_size = rows of the embedding),
+                  checksummed like every other file (an edited task, size or label set would
+                  load silently wrong); change exit settings at load time instead
+                  (`beex_jax.load(..., delta=...)`, `--config.exit.*` with --mode=predict).
   vocab.txt       the WordPiece vocabulary, UTF-8, one token a line, id = 0-based line number.
   arrays/*.npy    NumPy .npy files (format 1.0, little-endian, read with allow_pickle=False),
                   named by the leaf's path with "/" -> ".":
@@ -48,6 +50,7 @@ import numpy as np
 from beex_jax import binarize as bz
 from beex_jax import checkpointing, packing
 from beex_jax.data import tokenizer as tokenizer_lib
+from beex_jax.init_from import VOCAB_FILE as WORKDIR_VOCAB_FILE
 from beex_jax.model import ModelConfig, init_params
 
 Params = Any
@@ -261,7 +264,7 @@ def write_export(
         with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
         files = {}
-        for relpath in [VOCAB_FILE, *arrays]:
+        for relpath in [CONFIG_FILE, VOCAB_FILE, *arrays]:
             full = os.path.join(staging, relpath)
             files[relpath] = {"bytes": os.path.getsize(full), "sha256": sha256_file(full)}
             if relpath in arrays:
@@ -299,8 +302,13 @@ def write_export(
     return report
 
 
-def vocab_file_of(config: ml_collections.ConfigDict) -> str:
-    """The vocabulary file a run's tokenizer reads (learned and cached on first use)."""
+def vocab_file_of(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
+    """The vocabulary file of a run: its workdir's own copy (vocab.txt) when there, else
+    `data.vocab_file` or the learned one in data.tfds_dir (learned and cached on first use)."""
+    if workdir is not None:
+        path = os.path.join(os.path.expanduser(workdir), WORKDIR_VOCAB_FILE)
+        if os.path.isfile(path):
+            return path
     tokenizer_lib.build_tokenizer(config)
     return config.data.vocab_file or tokenizer_lib.learned_vocab_path(config)
 
@@ -324,7 +332,7 @@ def export(
             f"{saved.task!r} model."
         )
     export_dir = export_dir or os.path.join(workdir, "export")
-    report = write_export(export_dir, jax.device_get(params), saved, vocab_file_of(saved))
+    report = write_export(export_dir, jax.device_get(params), saved, vocab_file_of(saved, workdir))
     logging.info("Exported the %s checkpoint of %s to %s.", which, workdir, export_dir)
     print(format_size_report(report))
     return report

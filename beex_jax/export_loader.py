@@ -1,8 +1,9 @@
 """Loading a packed export (`beex_jax.export` documents the format) without the latent weights.
 
-Every file is checked against the manifest (present, byte count, SHA-256), arrays are read with
-`allow_pickle=False`, and config.json is checked against the arrays' shapes, so a missing,
-truncated, foreign or mismatched file fails with an `ExportError` naming it.
+Every file is checked against the manifest (present, byte count, SHA-256; config.json and vocab.txt
+included), arrays are read with `allow_pickle=False`, and config.json is checked against the
+arrays' shapes, so a missing, truncated, edited, foreign or mismatched file fails with an
+`ExportError` naming it; a folder with arrays/ but no manifest is a damaged export.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from beex_jax import binarize as bz
 from beex_jax import checkpointing, packing
 from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.export import (
+    ARRAYS_DIR,
     CONFIG_FILE,
     FORMAT,
     MANIFEST_FILE,
@@ -43,6 +45,19 @@ def is_export(path: str) -> bool:
     return os.path.isfile(os.path.join(os.path.expanduser(path), MANIFEST_FILE))
 
 
+def looks_like_export(path: str) -> bool:
+    """True when `path` has an export's arrays/ folder (with or without its manifest)."""
+    return os.path.isdir(os.path.join(os.path.expanduser(path), ARRAYS_DIR))
+
+
+def damaged_export_error(path: str) -> ExportError:
+    """The error for an export folder without its manifest."""
+    return ExportError(
+        f"{path} is a damaged export: it has {ARRAYS_DIR}/ but no {MANIFEST_FILE}, so no file of "
+        f"it can be checked. Export the training workdir again (--mode=export)."
+    )
+
+
 def _read_json(path: str, what: str) -> Any:
     if not os.path.isfile(path):
         raise ExportError(f"{path} is missing: {what}.")
@@ -58,6 +73,8 @@ def read_manifest(export_dir: str) -> dict[str, Any]:
     if not os.path.isdir(export_dir):
         raise ExportError(f"{export_dir} does not exist or is not a directory.")
     path = os.path.join(export_dir, MANIFEST_FILE)
+    if not os.path.isfile(path) and looks_like_export(export_dir):
+        raise damaged_export_error(export_dir)
     hint = "not a beex-jax export" + (
         " (it looks like a training workdir: export it with --mode=export, or load the workdir)"
         if os.path.exists(os.path.join(export_dir, checkpointing.CONFIG_FILE))
@@ -75,6 +92,12 @@ def read_manifest(export_dir: str) -> dict[str, Any]:
     for key in ("params", "files", "binarized", "scale"):
         if key not in manifest:
             raise ExportError(f"{path} has no {key!r} entry: truncated or edited.")
+    uncovered = [name for name in (CONFIG_FILE, VOCAB_FILE) if name not in manifest["files"]]
+    if uncovered:
+        raise ExportError(
+            f"{path} lists no checksum of {' or '.join(uncovered)}: written by an older beex-jax "
+            f"or edited, so they cannot be checked. Export the training workdir again."
+        )
     return manifest
 
 

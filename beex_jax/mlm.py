@@ -130,3 +130,10 @@ def init_params(
     ids = jnp.zeros((1, length), jnp.int32)
     positions = jnp.zeros((1, 2), jnp.int32)
     return MaskedLM(config, every_exit).init(rng, ids, ids, jnp.ones_like(ids), positions)["params"]
+
+
+def with_output_bias(params: Params, bias: jax.Array) -> Params:
+    """`params` with the MLM head's output bias replaced by `bias` [vocab_size]."""
+    chex.assert_equal_shape([params["mlm_head"]["bias"], bias])
+    head = {**params["mlm_head"], "bias": jnp.asarray(bias, jnp.float32)}
+    return {**params, "mlm_head": head}

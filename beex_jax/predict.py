@@ -35,6 +35,7 @@ import tokenizers
 from beex_jax import checkpointing, data, early_exit, export, export_loader, flops
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
+from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig, Params, inference_params
 from beex_jax.predict_files import BadInputError, predict_file
 
@@ -270,9 +271,12 @@ def load(
     path = os.path.expanduser(path)
     if export_loader.is_export(path):
         params, config, tokenizer = export_loader.load_export(path)
+    elif export_loader.looks_like_export(path):
+        raise export_loader.damaged_export_error(path)
     elif os.path.isfile(os.path.join(path, checkpointing.CONFIG_FILE)):
         params, config = checkpointing.restore_params(path, which)
-        tokenizer = data.build_tokenizer(config)
+        # The workdir's own vocab.txt; workdirs from before it read data.tfds_dir's.
+        tokenizer = tokenizer_lib.tokenizer_from_vocab(export.vocab_file_of(config, path))
     else:
         raise FileNotFoundError(
             f"{path} is neither a training workdir ({checkpointing.CONFIG_FILE} and checkpoints) "

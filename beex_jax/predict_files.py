@@ -10,7 +10,9 @@ predictions written as JSON lines, bad lines reported with their file and line n
 The output has one JSON line per input line (a header excepted), in input order, each with the
 input's 1-based `line`. Empty lines are predicted as empty texts. A line that is not UTF-8 or not
 valid stops the run with `FILE:LINE: reason`, after writing every prediction before it; with
-`skip_bad_lines` it is logged and written as `{"line": n, "error": reason}` instead.
+`skip_bad_lines` it is logged and written as `{"line": n, "error": reason}` instead. The output
+is written to a temporary file and renamed into place (an interrupted run leaves none behind),
+and an output path that is the input file itself is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -150,6 +153,18 @@ def _count_lines(path: str) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
+def check_output_path(input_path: str, output_path: str) -> None:
+    """Raises BadInputError if `output_path` is `input_path` (any spelling, links included)."""
+    same = os.path.realpath(input_path) == os.path.realpath(output_path)
+    if not same and os.path.exists(output_path) and os.path.exists(input_path):
+        same = os.path.samefile(input_path, output_path)
+    if same:
+        raise BadInputError(
+            f"--output {output_path} is the input file {input_path}: writing the predictions "
+            f"there would destroy it; choose another --output."
+        )
+
+
 def predict_file(
     predictor: Predictor,
     input_path: str,
@@ -161,60 +176,76 @@ def predict_file(
 ) -> dict[str, Any]:
     """Predicts every line of `input_path` into JSON lines at `output_path`; returns a summary.
 
-    Raises BadInputError (after writing every prediction before it) on a bad line, unless
-    `skip_bad_lines`.
+    The output is written to a temporary file beside `output_path` and renamed into place at the
+    end, so an interrupted run leaves no half file there. Raises BadInputError on a bad line
+    (after renaming the predictions of every line before it into place), unless
+    `skip_bad_lines`; and if `output_path` is the input file itself.
     """
     start = time.perf_counter()
+    check_output_path(input_path, output_path)
     total_lines = _count_lines(input_path)
     counts = {"examples": 0, "skipped": 0, "truncated": 0}
     exit_counts = np.zeros(predictor.model_config.num_layers, np.int64)
     flops_sum = 0.0
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with (
-        open(output_path, "w", encoding="utf-8") as out,
-        tqdm.tqdm(
-            total=total_lines,
-            unit=" lines",
-            desc=f"predict {predictor.task}",
-            disable=total_lines < 10 * predictor.batch_size,
-            dynamic_ncols=True,
-        ) as progress,
-    ):
-        pending: list[Example | BadLine] = []
+    directory = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(directory, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=".predict-", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename.
+    try:
+        with (
+            open(fd, "w", encoding="utf-8") as out,
+            tqdm.tqdm(
+                total=total_lines,
+                unit=" lines",
+                desc=f"predict {predictor.task}",
+                disable=total_lines < 10 * predictor.batch_size,
+                dynamic_ncols=True,
+            ) as progress,
+        ):
+            pending: list[Example | BadLine] = []
 
-        def flush():
-            nonlocal flops_sum
-            examples = [item for item in pending if isinstance(item, Example)]
-            records = iter(predictor.predict([e.texts for e in examples]))
-            for item in pending:
-                if isinstance(item, Example):
-                    record = next(records)
-                    counts["truncated"] += record["truncated"]
-                    exit_counts[record["exit_index"]] += 1
-                    flops_sum += record["flops"]
-                    out.write(json.dumps({"line": item.line, **record}) + "\n")
-                else:
-                    out.write(json.dumps({"line": item.line, "error": item.reason}) + "\n")
-            out.flush()
-            counts["examples"] += len(examples)
-            if pending:
-                progress.update(pending[-1].line - progress.n)
-            pending.clear()
+            def flush():
+                nonlocal flops_sum
+                examples = [item for item in pending if isinstance(item, Example)]
+                records = iter(predictor.predict([e.texts for e in examples]))
+                for item in pending:
+                    if isinstance(item, Example):
+                        record = next(records)
+                        counts["truncated"] += record["truncated"]
+                        exit_counts[record["exit_index"]] += 1
+                        flops_sum += record["flops"]
+                        out.write(json.dumps({"line": item.line, **record}) + "\n")
+                    else:
+                        out.write(json.dumps({"line": item.line, "error": item.reason}) + "\n")
+                out.flush()
+                counts["examples"] += len(examples)
+                if pending:
+                    progress.update(pending[-1].line - progress.n)
+                pending.clear()
 
-        for item in read_examples(input_path, predictor, input_format):
-            if isinstance(item, BadLine):
-                if not skip_bad_lines:
+            for item in read_examples(input_path, predictor, input_format):
+                if isinstance(item, BadLine):
+                    if not skip_bad_lines:
+                        flush()
+                        raise BadInputError(
+                            f"{input_path}:{item.line}: {item.reason} (use "
+                            f"--skip_bad_lines to skip such lines)."
+                        )
+                    logging.warning("%s:%d: %s; skipped.", input_path, item.line, item.reason)
+                    counts["skipped"] += 1
+                pending.append(item)
+                if len(pending) >= chunk_lines:
                     flush()
-                    raise BadInputError(
-                        f"{input_path}:{item.line}: {item.reason} (use "
-                        f"--skip_bad_lines to skip such lines)."
-                    )
-                logging.warning("%s:%d: %s; skipped.", input_path, item.line, item.reason)
-                counts["skipped"] += 1
-            pending.append(item)
-            if len(pending) >= chunk_lines:
-                flush()
-        flush()
+            flush()
+    except BadInputError:
+        os.replace(partial, output_path)  # The predictions of every line before the bad one.
+        raise
+    except BaseException:
+        os.unlink(partial)
+        raise
+    os.replace(partial, output_path)
     if counts["truncated"]:
         logging.info(
             "Truncated %d of %d inputs longer than max_length=%d tokens.",

@@ -27,7 +27,16 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from beex_jax import checkpointing, corruption, init_from, loop, mlm, optim, sharding
+from beex_jax import (
+    checkpointing,
+    config_fields,
+    corruption,
+    init_from,
+    loop,
+    mlm,
+    optim,
+    sharding,
+)
 from beex_jax.data import corpus
 from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig
@@ -91,10 +100,24 @@ def make_loss_fn(model: mlm.MaskedLM, config: ml_collections.ConfigDict, token_i
     return loss_fn
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.TrainState, dict]:
-    """Pretrains the body with MLM on the configured corpus; returns the state and a summary."""
+def pretrain(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> tuple[loop.TrainState, dict]:
+    """Pretrains the body with MLM on the configured corpus; returns the state and a summary.
+
+    The workdir is locked for the whole run; resuming with another config than the workdir's is
+    refused unless `allow_config_change`.
+    """
     sharding.initialize_distributed(config)
+    config_fields.check_run_config(config)
     workdir = str(checkpointing.absolute(workdir))
+    with checkpointing.workdir_lock(workdir):
+        return _pretrain(config, workdir, allow_config_change)
+
+
+def _pretrain(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool
+) -> tuple[loop.TrainState, dict]:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     started = time.time()
@@ -102,7 +125,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Trai
     # ------------------------------------------------------------------------------ mesh
     mesh = sharding.create_mesh(config.mesh.model_parallelism)
     if config.batch_size % mesh.shape[sharding.DATA]:
-        raise ValueError(
+        raise config_fields.ConfigError(
             f"config.batch_size={config.batch_size} must be divisible by the "
             f"{mesh.shape[sharding.DATA]} devices of the mesh's data axis."
         )
@@ -121,7 +144,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Trai
     )
     config = config.copy_and_resolve_references()
     config.model.vocab_size = input_.vocab_size
-    checkpointing.check_config_matches(config, workdir)
+    checkpointing.check_config_matches(config, workdir, allow_change=allow_config_change)
     checkpointing.write_config(config, workdir)
     if config.num_train_steps > 0:
         num_train_steps = config.num_train_steps
@@ -135,8 +158,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[loop.Trai
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     length = int(config.data.max_length)
 
+    # The output bias starts at the corpus's log word frequencies: Adam moves a bias by about
+    # the learning rate per step, so learning them from zero would take thousands of steps.
+    prior = None
+    if config.mlm.frequency_bias:
+        special_ids = list(input_.special_token_ids().values())
+        prior = corpus.log_unigram_prior(input_.train, input_.vocab_size, special_ids)
+
     def init(rng):
         params = mlm.init_params(model_config, rng, length, config.mlm.every_exit)
+        if prior is not None:
+            params = mlm.with_output_bias(params, prior)
         return loop.TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
 
     start_params = None

@@ -14,6 +14,9 @@ from a pretrained workdir's embedding and blocks (and its vocabulary).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +29,7 @@ from etils import epath
 
 from beex_jax import (
     checkpointing,
+    config_fields,
     corruption,
     data,
     evaluate,
@@ -36,6 +40,7 @@ from beex_jax import (
     packing,
     sharding,
 )
+from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import BEExformer, ModelConfig, init_params
 
 Params = Any
@@ -117,11 +122,34 @@ def _print_summary(summary: dict[str, Any], task: str) -> None:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> tuple[loop.TrainState, dict]:
-    """Trains, evaluating every epoch and checkpointing; returns the final state and a summary."""
+    """Trains, evaluating every epoch and checkpointing; returns the final state and a summary.
+
+    The workdir is locked for the whole run (a second writer is refused). Resuming with another
+    config than the workdir's is refused unless `allow_config_change`.
+    """
     sharding.initialize_distributed(config)
+    config_fields.check_run_config(config)
     workdir = str(checkpointing.absolute(workdir))  # Orbax needs absolute paths.
+    with checkpointing.workdir_lock(workdir):
+        return _train_and_evaluate(config, workdir, allow_config_change)
+
+
+def copy_vocab(vocab_file: str, workdir: str) -> str:
+    """workdir/vocab.txt, copied from `vocab_file` unless already there (process 0 writes)."""
+    path = os.path.join(workdir, init_from.VOCAB_FILE)
+    if jax.process_index() == 0 and not os.path.isfile(path):
+        fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(vocab_file, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool
+) -> tuple[loop.TrainState, dict]:
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------------------ mesh
@@ -129,7 +157,7 @@ def train_and_evaluate(
     data_size = mesh.shape[sharding.DATA]
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % data_size:
-            raise ValueError(
+            raise config_fields.ConfigError(
                 f"config.{name}={config[name]} must be divisible by the {data_size} "
                 f"devices of the mesh's data axis."
             )
@@ -138,14 +166,25 @@ def train_and_evaluate(
     # ------------------------------------------------------------------------------ input
     # Starting from a pretrained model means using its vocabulary (init_from.apply_to_config).
     config = init_from.apply_to_config(config)
+    # The workdir keeps its own copy of the vocabulary (copied at the start), so that the run,
+    # its resumes and predict never depend on data.tfds_dir's cached one.
+    input_config = config
+    workdir_vocab = os.path.join(workdir, init_from.VOCAB_FILE)
+    if os.path.isfile(workdir_vocab):
+        input_config = config.copy_and_resolve_references()
+        with input_config.unlocked():
+            input_config.data.vocab_file = workdir_vocab
     input_ = data.create_input(
-        config, process_index=jax.process_index(), process_count=jax.process_count()
+        input_config, process_index=jax.process_index(), process_count=jax.process_count()
     )
     # The model's vocabulary is the tokenizer's real one (a learned vocabulary can be smaller
     # than asked for). Resolve references first so that config.data keeps what was asked.
     config = config.copy_and_resolve_references()
     config.model.vocab_size = input_.vocab_size
-    checkpointing.check_config_matches(config, workdir)
+    checkpointing.check_config_matches(config, workdir, allow_change=allow_config_change)
+    copy_vocab(
+        input_config.data.vocab_file or tokenizer_lib.learned_vocab_path(input_config), workdir
+    )
     checkpointing.write_config(config, workdir)
     if config.num_train_steps > 0:
         num_train_steps = config.num_train_steps

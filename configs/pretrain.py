@@ -67,6 +67,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.mlm.mask_token_rate = 0.8  # ...of which replaced by [MASK],
     config.mlm.random_token_rate = 0.1  # ...by a random token (the rest kept as they are).
     config.mlm.every_exit = False  # Also predict from every block's output (mean loss).
+    # The output bias starts at the log word frequencies of the corpus (else at zero).
+    config.mlm.frequency_bias = True
 
     config.optim = glue.optim_config()
 

@@ -225,11 +225,97 @@ def recipe(budget: str = "cpu") -> list[Run]:
     return runs
 
 
+# Self-pretraining (issue 14): one shared MLM-pretrained body (`runs/pretrain`, pre-LN, a
+# full-precision stage then a binarized one; its commands are in experiments/results/pretrain.json)
+# fine-tuned against the same pre-LN model from scratch, at the same fine-tuning budget and seeds.
+PRETRAINED_WORKDIR = "runs/pretrain"
+PRETRAINED_FLOAT_WORKDIR = "runs/pretrain-float"  # Its full-precision first stage.
+PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/pretrain.py --steps).
+PRETRAINED_SEEDS = (0, 1)
+PRETRAINED_CURVE_TASKS = ("stsb", "sst2")
+PRETRAINED_CURVE_STEPS = (500,)  # Earlier checkpoints of the binarized stage fine-tuned too.
+PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its 67k examples).
+    "stsb": (("num_epochs", 3),),
+    "sst2": (("num_train_steps", 600), ("eval_every_steps", 200)),
+    "mrpc": (("num_epochs", 3),),
+    "rte": (("num_epochs", 3),),
+    "cola": (("num_epochs", 3),),
+    "wnli": (("num_epochs", 3),),
+}
+
+
+def pretrained(budget: str = "cpu") -> list[Run]:
+    """Fine-tuned from the shared pretrained body vs from scratch (pre-LN, binarized), two seeds;
+    then, seed 0 only: from the pretraining run's half-way checkpoint (dev metric against
+    pretraining steps), and the full-precision counterparts (float body from the float stage)."""
+    starts = {  # name: (overrides, tags)
+        "scratch": ((), (("start", "scratch"),)),
+        "pretrained": (
+            (("init_from", PRETRAINED_WORKDIR),),
+            (("start", "pretrained"), ("pretraining_steps", str(PRETRAINED_STEPS))),
+        ),
+    }
+    runs = []
+    for task, task_budget in PRETRAINED_BUDGET.items():
+        train_budget = task_budget if budget == "cpu" else ()
+        for seed in PRETRAINED_SEEDS:
+            for start, (overrides, tags) in starts.items():
+                runs.append(
+                    Run(
+                        f"{task}-{start}-s{seed}",
+                        f"task={task}",
+                        (("model.norm", "pre"), *overrides, ("seed", seed), *train_budget),
+                        (("task", task), *tags, ("precision", "binary"), ("seed", str(seed))),
+                    )
+                )
+    for task in PRETRAINED_CURVE_TASKS:
+        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
+        for step in PRETRAINED_CURVE_STEPS:
+            runs.append(
+                Run(
+                    f"{task}-pretrained{step}-s0",
+                    f"task={task}",
+                    (
+                        ("model.norm", "pre"),
+                        ("init_from", PRETRAINED_WORKDIR),
+                        ("init_from_step", step),
+                        ("seed", 0),
+                        *train_budget,
+                    ),
+                    (
+                        ("task", task),
+                        ("start", f"pretrained@{step}"),
+                        ("pretraining_steps", str(step)),
+                        ("precision", "binary"),
+                        ("seed", "0"),
+                    ),
+                )
+            )
+        for start, source in (("scratch", None), ("pretrained", PRETRAINED_FLOAT_WORKDIR)):
+            overrides = (("init_from", source),) if source else ()
+            runs.append(
+                Run(
+                    f"{task}-float-{start}-s0",
+                    f"task={task}",
+                    (
+                        ("model.norm", "pre"),
+                        ("model.binarize", False),
+                        *overrides,
+                        ("seed", 0),
+                        *train_budget,
+                    ),
+                    (("task", task), ("start", start), ("precision", "float"), ("seed", "0")),
+                )
+            )
+    return runs
+
+
 SWEEPS = {
     "reproduction": reproduction,
     "ablations": ablations,
     "target": target,
     "recipe": recipe,
+    "pretrained": pretrained,
 }
 
 

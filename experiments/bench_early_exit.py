@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -50,9 +49,11 @@ from beex_jax import exits as ex
 from beex_jax.model import ModelConfig, inference_params, init_params
 from configs import glue
 from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 _apply_policy = jax.jit(ex.apply_policy)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"
+GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # ../shared/data/glue
 
 
 def sst2_dev_lengths(path: Path, max_length: int) -> np.ndarray:
@@ -130,16 +131,14 @@ def main() -> None:
     """Runs the benchmark and writes the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="Trained model: real SST-2 dev set.")
-    parser.add_argument("--glue_dir", default=str(Path("/work/shared/data/glue")))
+    parser.add_argument("--glue_dir", default=str(GLUE_DIR))
     parser.add_argument("--batch_sizes", default="1,8,32,256")
     parser.add_argument("--examples", type=int, default=256, help="Timed examples per size.")
     parser.add_argument("--examples_batch_1", type=int, default=48)
     parser.add_argument("--chunk_size", type=int, default=None, help="Overrides config.exit.")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--target_saving", type=float, default=0.5)
-    parser.add_argument(
-        "--dev_tsv", default=str(Path("/work/shared/data/glue/SST-2/dev.tsv")), type=Path
-    )
+    parser.add_argument("--dev_tsv", default=str(GLUE_DIR / "SST-2" / "dev.tsv"), type=Path)
     parser.add_argument("--out", default=str(RESULTS), type=Path)
     args = parser.parse_args()
 
@@ -312,7 +311,7 @@ def main() -> None:
     ]
     report = {
         "benchmark": "early-exit inference vs full depth (wall-clock and FLOPs)",
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

@@ -37,7 +37,6 @@ import itertools
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from beex_jax import predict
 from beex_jax.data import glue_builder
 from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
 DEFAULT_GLUE = os.environ.get(
@@ -183,7 +183,7 @@ def main() -> None:
                 rates[256] / rates[32] if 32 in rates and 256 in rates else None
             )
     report = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

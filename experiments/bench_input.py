@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from beex_jax import data, loop, optim, train
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_input.json"
 
@@ -150,7 +150,7 @@ def main() -> None:
         f"({'PASS' if ratio_cold >= 5 else 'FAIL'}: at least 5x required)"
     )
     result = {
-        "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.machine(),

@@ -2,13 +2,13 @@
 
 Run (PyTorch in a venv of its own, CPU build; it is not in requirements.txt):
 
-  python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
+  python3 -m venv ../torchvenv && ../torchvenv/bin/pip install torch==2.13.0 numpy
   python -m beex_jax.main --config configs/glue.py:task=sst2 --workdir runs/sst2-short \
       --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds \
       --config.num_train_steps=400 --config.eval_every_steps=400
   python -m beex_jax.main --mode=export --workdir runs/sst2-short
   python experiments/bench_peers.py --workdir runs/sst2-short --export runs/sst2-short/export \
-      --torch_python /work/torchvenv/bin/python
+      --torch_python ../torchvenv/bin/python
 
 The PyTorch model (experiments/peers/beexformer_torch.py) reads the export with NumPy and runs in
 a worker process of the torch venv (experiments/peers/torch_worker.py); this process runs JAX.
@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from beex_jax import early_exit, predict
 from experiments.bench_inference import dev_set
 from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results" / "bench_peers.json"
@@ -121,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="The training workdir.")
     parser.add_argument("--export", required=True, help="Its export (--mode=export).")
-    parser.add_argument("--torch_python", default="/work/torchvenv/bin/python")
+    parser.add_argument("--torch_python", default=str(REPO.parent / "torchvenv" / "bin" / "python"))
     parser.add_argument("--glue_dir", default=DEFAULT_GLUE)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sst2_batch_size", type=int, default=256)
@@ -270,7 +270,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "beex-jax vs the same BEExformer in PyTorch, full depth and early exit",
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

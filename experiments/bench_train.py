@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from beex_jax.data import tokenizer
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
 from experiments.machine import cpu_model
+from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 
@@ -167,7 +167,7 @@ def main() -> None:
         f"({'PASS' if ratio <= 1.3 else 'FAIL'}: <= 1.3x)"
     )
     record = {
-        "command": shlex.join(["python", "experiments/bench_train.py", *sys.argv[1:]]),
+        "command": command_line(sys.argv),
         "machine": {
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),

@@ -15,7 +15,6 @@ Each point reports the dev metric, mean exit block, and mean FLOPs as a fraction
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from beex_jax import checkpointing, data, early_exit, flops, metrics  # noqa: E402
 from beex_jax import exits as ex  # noqa: E402
 from beex_jax.model import ModelConfig, inference_params  # noqa: E402
+from experiments.paths import command_line  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Training workdirs of the models to compare.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", None, "Override the GLUE folder in the run config.")
@@ -167,7 +167,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIRS.value:
         raise app.UsageError("--workdirs is required.")
     results = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(sys.argv),
         "models": [compare(w) for w in _WORKDIRS.value],
     }
     Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)

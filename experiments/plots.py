@@ -1,7 +1,9 @@
-"""Plots for experiments/results: exit-policy Pareto fronts, exit histograms, training curves.
+"""Plots for experiments/results: exit-policy Pareto fronts, exit histograms, training curves,
+and the fine-tuned dev metric against pretraining steps.
 
   python experiments/plots.py [--policies=experiments/results/exit_policies.json] \
-      [--sweep=experiments/results/reproduction.json] [--out=experiments/results]
+      [--sweep=experiments/results/reproduction.json] \
+      [--pretrained=experiments/results/pretrained.json] [--out=experiments/results]
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments/results"
 _POLICIES = flags.DEFINE_string("policies", str(RESULTS / "exit_policies.json"), "Policy JSON.")
 _SWEEP = flags.DEFINE_string("sweep", str(RESULTS / "reproduction.json"), "Sweep rows JSON.")
+_PRETRAINED = flags.DEFINE_string(
+    "pretrained", str(RESULTS / "pretrained.json"), "Rows of the `pretrained` sweep."
+)
 _OUT = flags.DEFINE_string("out", str(RESULTS), "Output folder for PNGs.")
 LABELS = {
     "entropy_reduction": "fractional entropy reduction (ours)",
@@ -110,6 +115,36 @@ def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Binarized fine-tuned dev score (early and last exit) against the pretraining steps of the
+    body it started from (0: from scratch), one panel per task, every seed a point."""
+    binary = [r for r in rows if r.get("precision") == "binary"]
+    tasks = [t for t in dict.fromkeys(r["task"] for r in binary)]
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        task_rows = [r for r in binary if r["task"] == task]
+        for key, label, marker in (
+            ("early_exit", "early exit", "o"),
+            ("last_exit_best", "last exit", "s"),
+        ):
+            points = sorted((int(r.get("pretraining_steps", 0)), r[key]) for r in task_rows)
+            steps = sorted({s for s, _ in points})
+            means = [
+                sum(v for s, v in points if s == x) / sum(1 for s, _ in points if s == x)
+                for x in steps
+            ]
+            line = ax.plot(steps, means, label=f"{label} (mean)")[0]
+            ax.scatter(*zip(*points, strict=True), marker=marker, color=line.get_color(), alpha=0.5)
+        ax.set(title=task, xlabel="pretraining steps of the body (0: from scratch)")
+        ax.set_ylabel(f"dev {task_rows[0]['score']} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pretraining_steps.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main(argv: list[str]) -> None:
     """Draws every plot whose input exists."""
     del argv
@@ -122,6 +157,10 @@ def main(argv: list[str]) -> None:
         if rows:
             print(plot_histograms(rows, out))
             print(plot_training_curves(rows, out))
+    if Path(_PRETRAINED.value).exists():
+        rows = json.loads(Path(_PRETRAINED.value).read_text())
+        if rows:
+            print(plot_pretraining_steps(rows, out))
 
 
 if __name__ == "__main__":

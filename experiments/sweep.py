@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from beex_jax import evaluate, metrics  # noqa: E402
 from configs import sweeps  # noqa: E402
+from experiments.paths import relative  # noqa: E402
 
 _SWEEP = flags.DEFINE_enum("sweep", "reproduction", sorted(sweeps.SWEEPS), "Which sweep.")
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full"], "Per-task training budget.")
@@ -53,15 +53,6 @@ def run_command(run: sweeps.Run, workdir: Path) -> list[str]:
         f"--config.data.tfds_dir={relative(Path(_TFDS_DIR.value))}",
     ]
     return cmd + [f"--config.{key}={value}" for key, value in run.overrides]
-
-
-def relative(path: Path) -> str:
-    """`path` relative to the repository root where it can be (`../shared/...` included)."""
-    absolute = os.path.abspath(path)  # Symlinks kept: a runner's runs/ may link elsewhere.
-    try:
-        return os.path.relpath(absolute, REPO)
-    except ValueError:  # Another drive: keep it as given.
-        return str(path)
 
 
 def train(run: sweeps.Run, workdir: Path) -> None:

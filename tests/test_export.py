@@ -271,20 +271,78 @@ def test_truncated_vocab(broken):
         export_loader.load_export(str(broken))
 
 
+def _rewrite_config_and_its_checksum(directory: pathlib.Path, edit) -> None:
+    """Edits config.json and updates the manifest to match: only the deeper checks remain."""
+    path = directory / export.CONFIG_FILE
+    _rewrite_json(path, edit)
+
+    def update(manifest):
+        manifest["files"][export.CONFIG_FILE].update(
+            bytes=path.stat().st_size, sha256=export.sha256_file(str(path))
+        )
+
+    _rewrite_json(directory / export.MANIFEST_FILE, update)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["model"].update(num_heads=4),  # Same shapes, other computation.
+        lambda c: c.update(task="wnli"),  # Same classes, label names swapped.
+        lambda c: c["exit"].update(delta=0.5),
+    ],
+)
+def test_edited_config_is_refused(broken, edit):
+    """Issue 12.8: config.json is covered by the manifest's checksums."""
+    path = broken / export.CONFIG_FILE
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))  # As written, but edited.
+    with pytest.raises(
+        export.ExportError,
+        match=r"config\.json (does not match its SHA-256|is truncated|is longer)",
+    ):
+        load(str(broken))
+
+
+def test_edited_vocabulary_is_refused(broken):
+    vocab = broken / export.VOCAB_FILE
+    lines = vocab.read_text().splitlines()
+    lines[5], lines[6] = lines[6], lines[5]  # Two ids swapped: same size.
+    vocab.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(export.ExportError, match=r"vocab\.txt does not match its SHA-256"):
+        load(str(broken))
+
+
+def test_missing_manifest_is_a_damaged_export(broken):
+    """Issue 12.8: not 'a training workdir without best/'."""
+    (broken / export.MANIFEST_FILE).unlink()
+    for loader in (load, export_loader.load_export):
+        with pytest.raises(export.ExportError, match=r"is a damaged export.*no manifest\.json"):
+            loader(str(broken))
+
+
+def test_manifest_without_config_checksum_is_refused(broken):
+    """An export whose manifest does not cover config.json (older or edited) is not trusted."""
+    _rewrite_json(broken / export.MANIFEST_FILE, lambda m: m["files"].pop(export.CONFIG_FILE))
+    with pytest.raises(export.ExportError, match=r"lists no checksum of config\.json"):
+        load(str(broken))
+
+
 def test_config_that_does_not_match_the_arrays(broken):
-    _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(hidden_dim=64))
+    _rewrite_config_and_its_checksum(broken, lambda c: c["model"].update(hidden_dim=64))
     with pytest.raises(export.ExportError, match=r"does not match the arrays.*has shape"):
         export_loader.load_export(str(broken))
 
 
 def test_config_with_other_vocab_size(broken):
-    _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(vocab_size=99))
+    _rewrite_config_and_its_checksum(broken, lambda c: c["model"].update(vocab_size=99))
     with pytest.raises(export.ExportError, match="binary_embedding has shape"):
         export_loader.load_export(str(broken))
 
 
 def test_config_of_a_float_model(broken):
-    _rewrite_json(broken / export.CONFIG_FILE, lambda c: c["model"].update(binarize=False))
+    _rewrite_config_and_its_checksum(broken, lambda c: c["model"].update(binarize=False))
     with pytest.raises(export.ExportError, match=re.escape("model.binarize=False")):
         export_loader.load_export(str(broken))
 

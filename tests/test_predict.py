@@ -317,3 +317,45 @@ def test_command_line_predict_and_export(sst2, tmp_path):
     assert "Traceback" not in done.stderr
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1]
     assert json.loads(out.read_text())["label_name"] == sst2.predict("fine")[0]["label_name"]
+
+
+# ----------------------------------------------------------------------------- output safety
+def test_output_that_is_the_input_is_refused_in_any_spelling(sst2, tmp_path, monkeypatch):
+    """Issue 12.1: `--output X --input X` truncated X to 0 bytes; now refused, X untouched."""
+    path = tmp_path / "in.txt"
+    path.write_text("good\nbad\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.txt").symlink_to(path)
+    os.link(path, tmp_path / "hard.txt")
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = [str(path), "../in.txt", f"{tmp_path}/sub/../in.txt", "../link.txt", "../hard.txt"]
+    for output in spellings:
+        with pytest.raises(predict.BadInputError, match="is the input file"):
+            predict.predict_file(sst2, str(path), output)
+        assert path.read_text() == "good\nbad\n", output
+
+
+def test_interrupted_predict_leaves_no_half_file(sst2, tmp_path, monkeypatch):
+    """Predictions go to a temporary file renamed at the end: a crash keeps the old output."""
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(10)))
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous predictions\n")
+    calls = []
+    original = predict.Predictor.predict
+
+    def crash_on_second_chunk(self, texts):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, texts)
+
+    monkeypatch.setattr(predict.Predictor, "predict", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_file(sst2, str(tmp_path / "in.txt"), str(out), chunk_lines=4)
+    assert out.read_text() == "previous predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl"]
+    monkeypatch.undo()
+    summary = predict.predict_file(sst2, str(tmp_path / "in.txt"), str(out), chunk_lines=4)
+    assert summary["examples"] == 10 and len(out.read_text().splitlines()) == 10
+    (tmp_path / "plain").touch()  # The mode any new file gets, not mkstemp's private 0600.
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777

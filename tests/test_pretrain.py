@@ -114,6 +114,21 @@ def test_mlm_head_is_tied_to_the_whole_binarized_embedding():
     assert float(jnp.abs(grads[9]).sum()) > 0  # The target row, never looked up.
 
 
+def test_frequency_bias_is_the_log_word_frequency_of_the_predictable_tokens():
+    ids = np.array([[2, 7, 7, 7, 9, 3], [2, 9, 3, 0, 0, 0]], np.int32)  # [CLS]=2, [SEP]=3.
+    mask = (ids != 0).astype(np.int8)
+    rows = corpus.PackedRows(ids, np.zeros_like(ids, np.int8), mask, num_tokens=8)
+    log_p = corpus.log_unigram_prior(rows, vocab_size=12, special_ids=[0, 1, 2, 3])
+    counts = np.ones(12)
+    counts[7] += 3
+    counts[9] += 2  # The specials and padding are never targets: not counted.
+    np.testing.assert_allclose(log_p, np.log(counts / counts.sum()), rtol=1e-6)
+    params = mlm.with_output_bias(
+        mlm.init_params(_tiny(vocab_size=12), jax.random.PRNGKey(0), 8), log_p
+    )
+    np.testing.assert_array_equal(params["mlm_head"]["bias"], log_p)
+
+
 def test_mlm_parameters_load_into_the_classifier():
     config = _tiny()
     pretrained = mlm.init_params(config, jax.random.PRNGKey(0), 16)

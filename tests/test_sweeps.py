@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from beex_jax import evaluate
@@ -101,3 +103,34 @@ def test_recorded_commands_are_repo_relative(tmp_path) -> None:
     assert command.startswith("python -m beex_jax.main --config=configs/glue.py:")
     assert "--workdir=runs/sweeps/" in command
     assert str(sweep.REPO) not in command
+
+
+def test_results_hold_no_absolute_paths_of_the_machine_that_ran_them():
+    """Issue 12.11: every result file records repo-relative commands and paths."""
+    import re
+
+    results = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "results"
+    absolute = re.compile(r"(?<![\w.])/(work|tmp|home|root)/")
+    offending = [
+        path.name
+        for path in sorted(results.iterdir())
+        if path.suffix in (".json", ".md", ".csv") and absolute.search(path.read_text())
+    ]
+    assert offending == []
+
+
+def test_command_line_is_repo_relative():
+    from experiments import paths
+
+    repo = str(paths.REPO)
+    argv = [
+        f"{repo}/experiments/exit_policies.py",
+        f"--workdirs={repo}/runs/a,{repo}/runs/b",
+        "--glue_dir",
+        f"{paths.REPO.parent}/shared/data/glue",
+        "--delta=0.1",
+    ]
+    assert paths.command_line(argv) == (
+        "python experiments/exit_policies.py --workdirs=runs/a,runs/b --glue_dir "
+        "../shared/data/glue --delta=0.1"
+    )

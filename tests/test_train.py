@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 import sys
@@ -18,6 +19,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from beex_jax import checkpointing, optim, train
 from beex_jax.data import pipeline
+from beex_jax.data import tokenizer as tokenizer_lib
 from configs import glue
 
 # ------------------------------------------------------------------------------------- optimizer
@@ -195,6 +197,53 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tfds_dir
     assert checkpointing.Checkpoints(str(tmp_path)).latest_step() == 4
     params, _ = checkpointing.restore_params(str(tmp_path), which="latest")
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
+
+
+def test_non_finite_loss_before_any_checkpoint_says_none_is_kept(tmp_path, tfds_dir, monkeypatch):
+    """Issue 12.6: a NaN at step 1 must not claim that a last good checkpoint is kept."""
+
+    def poison(batch):
+        return dict(batch, weight=np.full_like(batch["weight"], np.nan))
+
+    _fail_at_batch(monkeypatch, 0, poison)
+    with pytest.raises(FloatingPointError, match=r"at step 1.*No checkpoint was saved yet") as e:
+        train.train_and_evaluate(training_runs.tiny_config(tfds_dir), str(tmp_path))
+    assert "last good checkpoint" not in str(e.value)
+    assert checkpointing.Checkpoints(str(tmp_path)).latest_step() is None
+
+
+def test_resume_with_another_config_only_when_asked_and_recorded(trained, tmp_path, tfds_dir):
+    """Issue 12.7: a changed seed is refused naming it; allowed, every config is kept."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    changed = training_runs.tiny_config(tfds_dir, seed=7)
+    with pytest.raises(checkpointing.CheckpointError, match=r"Changed .*: seed: 0 -> 7\. "):
+        train.train_and_evaluate(changed, str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["seed"] == 0  # Untouched.
+    train.train_and_evaluate(changed, str(workdir), allow_config_change=True)
+    history = [
+        json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()
+    ]
+    assert [(h["config"]["seed"], h["start_step"]) for h in history] == [(0, 0), (7, 6)]
+    assert json.loads((workdir / "config.json").read_text())["seed"] == 7
+
+
+def test_workdir_keeps_its_vocabulary(trained, tmp_path):
+    """Issue 12.9: predict works with data.tfds_dir (the learned vocabulary's cache) gone."""
+    import beex_jax
+
+    workdir = tmp_path / "moved"
+    shutil.copytree(trained[0], workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    learned = tokenizer_lib.learned_vocab_path(checkpointing.read_config(str(trained[0])))
+    assert (workdir / "vocab.txt").read_bytes() == pathlib.Path(learned).read_bytes()
+    config["data"]["tfds_dir"] = str(tmp_path / "deleted_tfds")
+    config["data"]["glue_dir"] = str(tmp_path / "deleted_glue")
+    (workdir / "config.json").write_text(json.dumps(config))
+    texts = [("a man plays .", "someone plays ."), ("it rains .", "it is dry .")]
+    assert beex_jax.load(str(workdir)).predict(texts) == beex_jax.load(str(trained[0])).predict(
+        texts
+    )
 
 
 def test_workdir_of_another_model_is_refused(trained, tfds_dir):

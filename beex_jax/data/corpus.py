@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tokenizers
 
+from beex_jax.config_fields import ConfigError
 from beex_jax.data import glue_builder
 from beex_jax.data import tokenizer as tokenizer_lib
 
@@ -227,6 +228,15 @@ def pack(ids: np.ndarray, segments: np.ndarray, max_length: int, cls_id: int) ->
     )
 
 
+def log_unigram_prior(rows: PackedRows, vocab_size: int, special_ids: Sequence[int]) -> np.ndarray:
+    """Log frequency of every vocabulary entry among the rows' predictable (non-special) tokens,
+    add-one smoothed: [vocab_size] float32, the word-frequency predictor of masked tokens."""
+    ids = rows.input_ids[rows.mask.astype(bool)]
+    ids = ids[~np.isin(ids, np.asarray(list(special_ids), np.int64))]
+    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size] + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
 class CorpusInput:
     """Training batches of packed rows for this process, and the held-out rows."""
 
@@ -240,7 +250,7 @@ class CorpusInput:
         process_count: int,
     ):
         if config.batch_size % process_count:
-            raise ValueError(
+            raise ConfigError(
                 f"config.batch_size={config.batch_size} is not divisible by the "
                 f"{process_count} processes."
             )
@@ -251,7 +261,7 @@ class CorpusInput:
         self.process_index = process_index
         self.steps_per_epoch = len(train) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"The corpus packs into {len(train)} rows, fewer than one batch of "
                 f"{config.batch_size}: lower config.batch_size or add text."
             )

@@ -2,7 +2,8 @@
 
 Two sources, one set of parsers:
   * `glue_dir`: a folder in the standard GLUE layout (`SST-2/train.tsv`, `MNLI/dev_matched.tsv`,
-    `diagnostic/diagnostic.tsv`, ...), read as is;
+    `diagnostic/diagnostic.tsv`, ...), read as is (MRPC's train/dev `idx` follow the rows of
+    `MRPC/msr_paraphrase_train.txt` when the folder has it, as TFDS numbers them);
   * otherwise the original GLUE archives, fetched by TFDS's download manager from the URLs and
     with the published checksums of TFDS's `glue` builder (or taken from `manual_dir`, where TFDS
     verifies the same checksums), and read with `zipfile`: no TensorFlow anywhere.
@@ -12,14 +13,17 @@ The builder is named `beex_glue` so that its prepared data never mixes with TFDS
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import dataclasses
-import io
+import logging
 import os
+import socket
+import urllib.parse
 import zipfile
-from collections.abc import Iterator
-from typing import IO, Any, ClassVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -238,6 +242,27 @@ def glue_dir_files(task: str, glue_dir: str | os.PathLike) -> dict[str, str]:
     return files
 
 
+MRPC_TRAIN_SOURCE = "msr_paraphrase_train.txt"
+
+
+def mrpc_ids_source(glue_dir: str | os.PathLike) -> str:
+    """MRPC/msr_paraphrase_train.txt of a GLUE folder, which numbers train and dev as TFDS does.
+
+    Without it ("" returned, with a warning) MRPC train/dev `idx` is the row of train.tsv/dev.tsv,
+    which differs from TFDS's `glue/mrpc`.
+    """
+    path = os.path.join(os.path.expanduser(os.fspath(glue_dir)), "MRPC", MRPC_TRAIN_SOURCE)
+    if os.path.isfile(path):
+        return path
+    logging.warning(
+        "%s is missing: MRPC train/dev idx are numbered by row of train.tsv/dev.tsv, not by row "
+        "of %s as TFDS numbers them.",
+        path,
+        MRPC_TRAIN_SOURCE,
+    )
+    return ""
+
+
 def manual_dir_files(task: str, manual_dir: str | os.PathLike) -> dict[str, str]:
     """Key -> path of the original downloads of `task` in `manual_dir`; raises if any is missing."""
     manual_dir = os.path.expanduser(os.fspath(manual_dir))
@@ -270,8 +295,17 @@ def _label(value: str, spec: TaskSpec, where: str) -> Any:
         raise GlueFormatError(f"{where}: bad label {value!r} ({e}).") from None
 
 
-def read_rows(task: str, split: str, f: IO[str], name: str) -> Iterator[dict[str, Any]]:
-    """Yields TFDS examples from one GLUE `.tsv` text stream; `name` appears in errors."""
+def read_rows(
+    task: str,
+    split: str,
+    f: Iterable[str],
+    name: str,
+    pair_ids: Mapping[tuple[str, str], int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yields TFDS examples from the lines of one GLUE `.tsv`; `name` appears in errors.
+
+    `idx` is the row number, or with `pair_ids` (MRPC) the number of the row's (#1 ID, #2 ID).
+    """
     spec = task_spec(task)
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     if task == "cola" and split != "test":
@@ -297,20 +331,36 @@ def read_rows(task: str, split: str, f: IO[str], name: str) -> Iterator[dict[str
             example["label"] = _label(row[columns[spec.label_column]], spec, where)
         else:
             example["label"] = np.float32(-1) if spec.label_classes is None else -1
+        if pair_ids is not None:
+            pair = (row[columns["#1 ID"]], row[columns["#2 ID"]])
+            if pair not in pair_ids:
+                raise GlueFormatError(f"{where}: the pair {pair} is not in {MRPC_TRAIN_SOURCE}.")
+            idx = pair_ids[pair]
         example["idx"] = idx
         yield example
+
+
+def mrpc_pair_ids(path: str) -> dict[tuple[str, str], int]:
+    """(#1 ID, #2 ID) -> row number in msr_paraphrase_train.txt: TFDS's MRPC train/dev idx."""
+    with open_source(path) as lines:
+        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None) or []
+        if "#1 ID" not in header or "#2 ID" not in header:
+            raise GlueFormatError(f"{path}, line 1: header {header} lacks #1 ID and #2 ID.")
+        first, second = header.index("#1 ID"), header.index("#2 ID")
+        return {(row[first], row[second]): n for n, row in enumerate(reader)}
 
 
 def read_mrpc_sources(split: str, paths: dict[str, str]) -> Iterator[dict[str, Any]]:
     """Yields MRPC examples from the original SentEval files, split as GLUE and TFDS split them."""
     if split == "test":
-        with open(paths["test"], encoding="utf-8-sig", newline="") as f:
+        with open_source(paths["test"]) as f:
             for example in read_rows("mrpc", "test", f, paths["test"]):
                 yield {**example, "label": -1}
         return
-    with open(paths["dev_ids"], encoding="utf-8-sig", newline="") as f:
+    with open_source(paths["dev_ids"]) as f:
         dev_ids = {tuple(row[:2]) for row in csv.reader(f, delimiter="\t")}
-    with open(paths["train"], encoding="utf-8-sig", newline="") as f:
+    with open_source(paths["train"]) as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader)
         for idx, row in enumerate(reader):
@@ -333,26 +383,41 @@ def read_mrpc_sources(split: str, paths: dict[str, str]) -> Iterator[dict[str, A
                 }
 
 
+def decode_lines(raw: Iterable[bytes], name: str) -> Iterator[str]:
+    """The lines of a binary stream decoded as UTF-8 (BOM dropped); a bad line names its number."""
+    for number, line in enumerate(raw, start=1):
+        if number == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8) :]
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GlueFormatError(
+                f"{name}, line {number}: not valid UTF-8 (byte {e.start}: {e.reason}); GLUE "
+                f"files are UTF-8: re-extract or re-download the file."
+            ) from None
+
+
 @contextlib.contextmanager
-def open_source(path: str, member: str = "") -> Iterator[IO[str]]:
-    """Opens a GLUE text file, or `member` of a zip archive, as UTF-8 (BOM dropped)."""
+def open_source(path: str, member: str = "") -> Iterator[Iterator[str]]:
+    """The lines of a GLUE text file, or of `member` of a zip archive, decoded as UTF-8."""
     if not member:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            yield f
+        with open(path, "rb") as raw:
+            yield decode_lines(raw, path)
         return
     with zipfile.ZipFile(path) as archive:
         if member not in archive.namelist():
             raise FileNotFoundError(f"{path} has no member {member}.")
         with archive.open(member) as raw:
-            yield io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            yield decode_lines(raw, f"{path}:{member}")
 
 
 class BeexGlue(tfds.core.GeneratorBasedBuilder):
     """GLUE from a local GLUE folder or the original archives; same features as TFDS's glue."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "GLUE tasks from a GLUE folder or the original archives."
+        "1.0.0": "GLUE tasks from a GLUE folder or the original archives.",
+        "1.1.0": "MRPC train/dev idx from a GLUE folder numbered as TFDS's glue/mrpc numbers them.",
     }
     BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
         tfds.core.BuilderConfig(name=task) for task in TASKS
@@ -392,7 +457,13 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
         task = self.builder_config.name
         if self._glue_dir is not None:
             files = glue_dir_files(task, self._glue_dir)
-            return {split: self._generate_examples(split, path) for split, path in files.items()}
+            ids = mrpc_ids_source(self._glue_dir) if task == "mrpc" else ""
+            return {
+                split: self._generate_examples(
+                    split, path, pair_ids_source=ids if split != "test" else ""
+                )
+                for split, path in files.items()
+            }
         paths = {key: os.fspath(path) for key, path in dl_manager.download(task_urls(task)).items()}
         if task == "mrpc":
             return {
@@ -409,7 +480,12 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(
-        self, split: str, path: str, mrpc_paths: dict[str, str] | None = None, member: str = ""
+        self,
+        split: str,
+        path: str,
+        mrpc_paths: dict[str, str] | None = None,
+        member: str = "",
+        pair_ids_source: str = "",
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         task = self.builder_config.name
         if mrpc_paths is not None:
@@ -417,8 +493,9 @@ class BeexGlue(tfds.core.GeneratorBasedBuilder):
                 yield example["idx"], example
             return
         name = f"{path}:{member}" if member else path
+        pair_ids = mrpc_pair_ids(pair_ids_source) if pair_ids_source else None
         with open_source(path, member) as f:
-            for example in read_rows(task, split, f, name):
+            for example in read_rows(task, split, f, name, pair_ids):
                 yield example["idx"], example
 
 
@@ -443,12 +520,50 @@ def prepare(
         glue_dir_files(task, glue_dir)
     elif manual_dir is not None:
         manual_dir_files(task, manual_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir and os.path.expanduser(manual_dir)
+    else:  # One quick probe instead of TFDS's minutes of retries when there is no network.
+        reason = probe_download(next(iter(task_urls(task).values())))
+        if reason:
+            raise GlueNotFoundError(no_local_files_message(task, reason))
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir and os.path.expanduser(manual_dir)
+            )
         )
-    )
+    except (OSError, tfds.download.DownloadError) as e:
+        if glue_dir is not None or manual_dir is not None or isinstance(e, FileNotFoundError):
+            raise
+        raise GlueNotFoundError(no_local_files_message(task, f"{type(e).__name__}: {e}")) from e
     return builder
+
+
+class GlueNotFoundError(FileNotFoundError):
+    """Neither local GLUE files nor a working download."""
+
+
+def probe_download(url: str, timeout: float = 10.0) -> str:
+    """'' if the host of `url` accepts a connection, else why not (one try, no retries)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return ""
+    except OSError as e:
+        return f"cannot reach {parts.hostname}: {e.strerror or e}"
+
+
+def no_local_files_message(task: str, reason: str) -> str:
+    """What to do when a task has no local files and downloading it failed."""
+    spec = task_spec(task)
+    infos = registered_url_infos()
+    downloads = ", ".join(infos[url].filename for url in task_urls(task).values())
+    return (
+        f"GLUE task {task!r}: no local files (--config.data.glue_dir and "
+        f"--config.data.manual_dir are unset) and downloading them failed ({reason}). Point "
+        f"--config.data.glue_dir at a folder in the GLUE layout ({spec.folder}/"
+        f"{', '.join(name for _, name in spec.files)}) or --config.data.manual_dir at a folder "
+        f"holding {downloads}."
+    )
 
 
 def read_split(task: str, tfds_dir: str, split: str, limit: int = -1) -> dict[str, Any]:

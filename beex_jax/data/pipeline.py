@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import tokenizers
 
+from beex_jax.config_fields import ConfigError
 from beex_jax.data import glue_builder
 from beex_jax.data import tokenizer as tokenizer_lib
 
@@ -144,7 +145,7 @@ class GlueInput:
         self.process_index, self.process_count = process_index, process_count
         for name in ("batch_size", "eval_batch_size"):
             if config[name] % process_count:
-                raise ValueError(
+                raise ConfigError(
                     f"config.{name}={config[name]} is not divisible by the "
                     f"{process_count} processes."
                 )
@@ -155,9 +156,9 @@ class GlueInput:
         self.num_train_examples = len(train)
         self.steps_per_epoch = len(train) // config.batch_size  # Global batches per epoch.
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.task}: {len(train)} train examples do not fill one batch of "
-                f"{config.batch_size}."
+                f"{config.batch_size}: lower config.batch_size."
             )
         self._eval: dict[str, EncodedSplit] = {}
         self._eval_plans: dict[str, np.ndarray] = {}

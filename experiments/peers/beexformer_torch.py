@@ -2,7 +2,7 @@
 
 It needs only torch and numpy (no JAX), in a venv of its own, not requirements.txt's:
 
-  python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch==2.13.0 numpy
+  python3 -m venv ../torchvenv && ../torchvenv/bin/pip install torch==2.13.0 numpy
 
 The export format is documented in beex_jax/export.py; this file reads it with NumPy alone:
 binarized leaves are rebuilt as alpha * sign(W) from their packed signs (np.unpackbits, bit 1 =

@@ -1,6 +1,6 @@
 """The PyTorch side of experiments/bench_peers.py, run in the torch venv (no JAX needed).
 
-  /work/torchvenv/bin/python experiments/peers/torch_worker.py --export DIR --inputs inputs.npz
+  ../torchvenv/bin/python experiments/peers/torch_worker.py --export DIR --inputs inputs.npz
 
 Loads the export into `beexformer_torch.BEExformer`, eager and `torch.compile`d, and the input
 cases of inputs.npz (`<case>/<i>/input_ids`, `segment_ids`, `mask`: each case is a list of

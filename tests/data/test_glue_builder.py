@@ -114,7 +114,10 @@ def _manual_dir_of_links(tmp_path: pathlib.Path, links: dict[str, pathlib.Path])
 
 
 def test_mrpc_from_original_sources_matches_glue_files(glue_dir, tfds_dir, tmp_path):
-    """MRPC built by TFDS's rule from the SentEval files has the rows of GLUE's MRPC tsvs."""
+    """MRPC built by TFDS's rule from the SentEval files has the rows of GLUE's MRPC tsvs.
+
+    Issue 12.10: and the same `idx` for every example, TFDS's numbering, from either source.
+    """
     mrpc = glue_dir / "MRPC"
     manual = _manual_dir_of_links(
         tmp_path,
@@ -130,10 +133,31 @@ def test_mrpc_from_original_sources_matches_glue_files(glue_dir, tfds_dir, tmp_p
         a = glue_builder.read_split("mrpc", str(tmp_path / "tfds"), split)
         b = glue_builder.read_split("mrpc", str(tfds_dir), split)
         rows = [
-            sorted(zip(c["sentence1"], c["sentence2"], c["label"].tolist(), strict=True))
+            sorted(
+                zip(
+                    c["idx"].tolist(),
+                    c["sentence1"],
+                    c["sentence2"],
+                    c["label"].tolist(),
+                    strict=True,
+                )
+            )
             for c in (a, b)
         ]
         assert rows[0] == rows[1], split
+        assert len({idx for idx, *_ in rows[0]}) == len(rows[0])
+
+
+def test_mrpc_without_sources_numbers_by_row_and_says_so(glue_dir, tmp_path, caplog):
+    """A GLUE folder without msr_paraphrase_train.txt cannot number as TFDS does: a warning."""
+    folder = tmp_path / "glue" / "MRPC"
+    folder.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (folder / name).symlink_to(glue_dir / "MRPC" / name)
+    glue_builder.prepare("mrpc", str(tmp_path / "tfds"), glue_dir=str(tmp_path / "glue"))
+    assert "msr_paraphrase_train.txt is missing" in caplog.text
+    dev = glue_builder.read_split("mrpc", str(tmp_path / "tfds"), "validation")
+    assert sorted(dev["idx"].tolist()) == list(range(408))
 
 
 def test_ax_download_path(glue_dir, tmp_path):
@@ -201,6 +225,21 @@ def test_malformed_row_names_file_and_line(glue_dir, tmp_path):
         glue_builder.prepare("wnli", str(tmp_path / "tfds"), glue_dir=str(tmp_path / "glue"))
 
 
+def test_invalid_utf8_names_file_and_line(glue_dir, tmp_path):
+    """Issue 12.4: a byte that is not UTF-8 fails with the file and line, as a bad row does."""
+    folder = tmp_path / "glue" / "WNLI"
+    folder.mkdir(parents=True)
+    for name in ("dev.tsv", "test.tsv"):
+        (folder / name).symlink_to(glue_dir / "WNLI" / name)
+    lines = (glue_dir / "WNLI" / "train.tsv").read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b" ", b" \xff\xfe ", 1)  # Line 5.
+    (folder / "train.tsv").write_bytes(b"".join(lines))
+    with pytest.raises(
+        glue_builder.GlueFormatError, match=r"WNLI/train\.tsv, line 5: not valid UTF-8"
+    ):
+        glue_builder.prepare("wnli", str(tmp_path / "tfds"), glue_dir=str(tmp_path / "glue"))
+
+
 def test_bad_label_names_file_and_line(tmp_path):
     """A label that is neither a class name nor a class index is reported with its line."""
     import io
@@ -214,3 +253,43 @@ def test_unknown_task_lists_valid_ones(tmp_path):
     """An unknown task name lists every valid one."""
     with pytest.raises(ValueError, match="valid tasks: sst2, cola, mrpc, rte, stsb, wnli"):
         glue_builder.prepare("sst5", str(tmp_path))
+
+
+def test_no_local_files_and_no_network_is_one_clear_error(tmp_path, monkeypatch):
+    """Issue 12.3: no glue_dir, no manual_dir, no network: at once, what failed and what to do."""
+    monkeypatch.setattr(
+        glue_builder, "probe_download", lambda url: "cannot reach example.org: simulated"
+    )
+    with pytest.raises(glue_builder.GlueNotFoundError) as e:
+        glue_builder.prepare("rte", str(tmp_path / "tfds"))
+    message = str(e.value)
+    assert "no local files" in message and "cannot reach example.org: simulated" in message
+    assert "--config.data.glue_dir" in message and "RTE/train.tsv, dev.tsv, test.tsv" in message
+    assert "--config.data.manual_dir" in message and "RTE.zip" in message
+    assert "\n" not in message
+
+
+def test_failed_download_after_a_good_probe_is_the_same_error(tmp_path, monkeypatch):
+    """A download that fails after the probe (e.g. a proxy refusing) says the same thing."""
+    import requests
+
+    def refuse(self, **kwargs):
+        raise requests.ConnectionError("Max retries exceeded (simulated)")
+
+    monkeypatch.setattr(glue_builder, "probe_download", lambda url: "")
+    monkeypatch.setattr(glue_builder.BeexGlue, "download_and_prepare", refuse)
+    with pytest.raises(glue_builder.GlueNotFoundError, match=r"ConnectionError: Max retries.*"):
+        glue_builder.prepare("wnli", str(tmp_path / "tfds"))
+
+
+def test_probe_of_an_unreachable_host_is_quick():
+    """The probe tries once: a refused port answers in well under a second."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # A port nobody listens on: bound, never listening.
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        start = time.monotonic()
+        reason = glue_builder.probe_download(f"http://127.0.0.1:{port}/GLUE.zip", timeout=5)
+    assert reason.startswith("cannot reach 127.0.0.1") and time.monotonic() - start < 2
