@@ -7,6 +7,7 @@ update carries both the sign and the magnitude of the latent weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,31 @@ def binarize_activations(x: jax.Array, *, surrogate: str = "approx_sign") -> jax
     """sign(x) scaled by each row's mean |x| (detached): the optional binarized-input mode."""
     alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(x), axis=-1, keepdims=True))
     return alpha * get_sign(surrogate)(x)
+
+
+def _binary_leaf(w: jax.Array, *, name: str, scale: str) -> jax.Array:
+    """alpha * sign(w) of one latent leaf, each [.., in, out] kernel of a stack on its own."""
+    axis = -2 if name == BINARY_KERNEL else -1
+    if w.ndim <= 2:
+        return scale_factor(w, scale=scale, axis=axis) * _hard_sign(w)
+    # Stacked kernels [L, in, out] are reduced one at a time, as nn.scan does in the forward pass,
+    # so the float32 alphas (their summation order) equal the latent model's bitwise.
+    kernels = w.reshape((-1, *w.shape[-2:]))
+    out = jax.lax.map(lambda k: _binary_leaf(k, name=name, scale=scale), kernels)
+    return out.reshape(w.shape)
+
+
+@functools.partial(jax.jit, static_argnames="scale")
+def binarize_params(params: Any, *, scale: str) -> Any:
+    """Params whose binary leaves hold alpha * sign(W), computed once (for inference)."""
+
+    def leaf(path, w):
+        if not is_binary_path(path):
+            return w
+        last = path[-1]
+        return _binary_leaf(w, name=str(getattr(last, "key", last)), scale=scale)
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def is_binary_path(path: tuple[Any, ...]) -> bool:

@@ -3,11 +3,13 @@
 The batch keeps static shapes; what shrinks is the *active prefix*. Rows of the hidden states are
 kept in a slot order that puts the still-running examples first. For block i, a
 `jax.lax.while_loop` (a `fori_loop` with a traced trip count) runs stage i on consecutive chunks of
-`chunk_size` rows of that prefix only; the online exit policy (`beex_jax.exits.policy_step`) then
-decides for the rows just computed, and a stable sort on "has exited" moves the survivors to the
-front again. The outer `while_loop` over blocks stops as soon as nobody is left. Every row is
-computed independently of the others in its chunk (attention, pooling and LayerNorm are per
-example), so the result does not depend on which examples share a chunk.
+rows of that prefix only (`exit_chunk_rows`: chosen from the batch, its length and the device, so
+that a small batch is split too, unless `config.exit.chunk_size` fixes it); the online exit
+policy (`beex_jax.exits.policy_step`) then decides for the rows just computed, and a stable sort
+on "has exited" moves the survivors to the front again. The outer `while_loop` over blocks stops
+as soon as nobody is left. Every row is computed independently of the others in its chunk
+(attention, pooling and LayerNorm are per example), so the result does not depend on which
+examples share a chunk.
 
 `predict_full_depth` is the reference: the plain scanned forward pass over every block, then the
 same policy on all exits, then a gather. Both return the same dict:
@@ -32,9 +34,18 @@ import numpy as np
 
 from beex_jax import exits as ex
 from beex_jax import flops
-from beex_jax.model import BEExformer, Embedder, ModelConfig, Params, Stage, stage_params
+from beex_jax.model import (
+    ACCELERATORS,
+    BEExformer,
+    Embedder,
+    ModelConfig,
+    Params,
+    Stage,
+    stage_params,
+)
 
 Batch = Mapping[str, Any]
+CHUNK_TOKENS = ex.ExitConfig.chunk_tokens  # Tokens per chunk on CPU when none is configured.
 
 
 def _inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -85,7 +96,52 @@ def apply_exit_policy(
     return _outputs(model_config, lengths, logits, decision.exit_index, decision.last_block)
 
 
-@functools.partial(jax.jit, static_argnames="model_config")
+def chunk_rows(
+    batch_size: int,
+    length: int,
+    *,
+    chunk_tokens: int = CHUNK_TOKENS,
+    min_chunks: int = 1,
+    platform: str | None = None,
+) -> int:
+    """Rows per chunk for a [batch_size, length] batch: cache-sized on CPU, whole on accelerators.
+
+    On CPU a chunk holds about `chunk_tokens` tokens (its activations stay in cache; one big batch
+    is slower per example than a loop over such chunks); on an accelerator the batch is one chunk.
+    `min_chunks > 1` caps a chunk at ceil(batch_size / min_chunks) rows, so that early exit can skip
+    part of a small batch. The result is a power of two (or the whole batch).
+    """
+    platform = platform or jax.default_backend()
+    rows = batch_size if platform in ACCELERATORS else max(1, chunk_tokens // max(length, 1))
+    rows = min(rows, -(-batch_size // max(min_chunks, 1)))
+    if rows >= batch_size:
+        return batch_size
+    return 1 << (rows.bit_length() - 1)  # Round down to a power of two.
+
+
+def exit_chunk_rows(exit_config: ex.ExitConfig, batch_size: int, length: int) -> int:
+    """Rows per chunk of early exit: exit_config.chunk_size, or chosen from the shape (0)."""
+    if exit_config.chunk_size:
+        return min(exit_config.chunk_size, batch_size)
+    return chunk_rows(
+        batch_size,
+        length,
+        chunk_tokens=exit_config.chunk_tokens,
+        min_chunks=exit_config.min_chunks,
+    )
+
+
+def _pad_rows(x: jax.Array, slots: int) -> jax.Array:
+    """x padded with zero rows to `slots` rows."""
+    return jnp.pad(x, [(0, slots - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def _active_rows(num_rows: jax.Array | int | None, batch_size: int) -> jax.Array:
+    """The rows that are real examples (int32, may be traced): the rest are padding."""
+    return jnp.int32(batch_size) if num_rows is None else jnp.asarray(num_rows, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "chunk_size"))
 def full_depth_logits(
     params: Params,
     input_ids: jax.Array,
@@ -93,9 +149,32 @@ def full_depth_logits(
     mask: jax.Array,
     *,
     model_config: ModelConfig,
+    chunk_size: int = 0,
+    num_rows: jax.Array | int | None = None,
 ) -> jax.Array:
-    """Logits of every exit [L, B, C]: the plain scanned forward pass, all blocks."""
-    return BEExformer(model_config).apply({"params": params}, input_ids, segment_ids, mask)
+    """Logits of every exit [L, B, C]: the plain scanned forward pass, all blocks.
+
+    A batch larger than a chunk (`chunk_size` rows; 0: `chunk_rows` of the shape) runs as a loop
+    over chunks. `num_rows` (may be traced) marks the rows from there on as padding: the loop stops
+    at the chunk holding the last real row, and the logits of skipped rows are 0.
+    """
+    batch_size = input_ids.shape[0]
+    model = BEExformer(model_config)
+    chunk = chunk_size or chunk_rows(*input_ids.shape)
+    if chunk >= batch_size:
+        return model.apply({"params": params}, input_ids, segment_ids, mask)
+    slots = -(-batch_size // chunk) * chunk
+    inputs = [_pad_rows(x, slots) for x in (input_ids, segment_ids, mask)]
+
+    def run_chunk(c, logits):
+        rows = [jax.lax.dynamic_slice_in_dim(x, c * chunk, chunk) for x in inputs]
+        rows_logits = model.apply({"params": params}, *rows)  # [L, chunk, C]
+        return jax.lax.dynamic_update_slice_in_dim(logits, rows_logits, c * chunk, axis=1)
+
+    num_chunks = (_active_rows(num_rows, batch_size) + chunk - 1) // chunk
+    shape = (model_config.num_layers, slots, model_config.num_classes)
+    logits = jax.lax.fori_loop(0, num_chunks, run_chunk, jnp.zeros(shape, jnp.float32))
+    return logits[:, :batch_size]
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
@@ -127,12 +206,17 @@ def early_exit_forward(
     exit_config: ex.ExitConfig,
     *,
     model_config: ModelConfig,
+    num_rows: jax.Array | int | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """Early-exit inference on arrays: (prediction dict, work done); see `predict_early_exit`."""
+    """Early-exit inference on arrays: (prediction dict, work done); see `predict_early_exit`.
+
+    `num_rows` (may be traced) marks the rows from there on as padding: they are never computed
+    and their outputs are meaningless.
+    """
     cfg = model_config
     batch_size = input_ids.shape[0]
     num_layers, num_classes = cfg.num_layers, cfg.num_classes
-    chunk = min(exit_config.chunk_size, batch_size)
+    chunk = exit_chunk_rows(exit_config, batch_size, input_ids.shape[1])
     slots = -(-batch_size // chunk) * chunk  # Padded so every chunk is a full slice.
     pad = [(0, slots - batch_size), (0, 0)]
     input_ids, segment_ids, mask = (jnp.pad(x, pad) for x in (input_ids, segment_ids, mask))
@@ -198,7 +282,7 @@ def early_exit_forward(
         "exit_index": jnp.zeros((slots,), jnp.int32),
         "last_block": jnp.zeros((slots,), jnp.int32),
     }
-    init = (jnp.int32(0), jnp.int32(batch_size), rows, out, jnp.int32(0))
+    init = (jnp.int32(0), _active_rows(num_rows, batch_size), rows, out, jnp.int32(0))
     blocks_run, _, rows, out, rows_run = jax.lax.while_loop(cond, body, init)
     # Back from slot order to example order, padding dropped.
     out = _permute(out, jnp.argsort(rows["example"])[:batch_size])

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from beex_jax import early_exit, flops, metrics, sharding
 from beex_jax import exits as ex
+from beex_jax import model as model_lib
 from beex_jax.model import ModelConfig
 
 Params = Any
@@ -32,13 +33,23 @@ EvalStep = Callable[[Params, dict[str, jax.Array]], dict[str, jax.Array]]
 INPUT_KEYS = ("input_ids", "segment_ids", "mask", "label", "weight")
 
 
-def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
-    """Jitted (params, global batch) -> per-example predictions of every exit and early exit.
+def inference_params(config: ml_collections.ConfigDict, params: Params) -> Params:
+    """The parameters `make_eval_step` reads: latent binary weights binarized once (jitted)."""
+    return model_lib.inference_params(params, ModelConfig.from_config(config.model))[0]
 
-    Outputs are replicated so that every process can read all of them.
+
+def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
+    """Jitted (inference params, global batch) -> per-example predictions of every exit.
+
+    The params are `inference_params(config, params)`: binarized once per evaluation, not per
+    batch. Outputs are replicated so that every process can read all of them.
     """
     model_config = ModelConfig.from_config(config.model)
+    if not model_config.packed_weights:
+        model_config = model_config.for_inference()
     exit_config = ex.ExitConfig.from_config(config.exit)
+    # One device: chunks of rows as in inference; a sharded batch is not re-split.
+    chunk_size = exit_config.chunk_size if mesh.devices.size == 1 else config.eval_batch_size
 
     def step(params, batch):
         all_logits = early_exit.full_depth_logits(
@@ -47,6 +58,7 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh) -> EvalStep:
             batch["segment_ids"],
             batch["mask"],
             model_config=model_config,
+            chunk_size=chunk_size,
         )
         # Every exit's logits are needed here anyway, and the online policy applied to them is
         # exactly what early-exit inference returns, so the blocks are not run a second time.

@@ -90,7 +90,10 @@ class ExitConfig:
     patience: int = 2
     policy: str = struct.field(pytree_node=False, default="entropy_reduction")
     answer_from: str = struct.field(pytree_node=False, default="current")
-    chunk_size: int = struct.field(pytree_node=False, default=32)
+    # Rows per chunk of early-exit inference; 0 chooses from the batch, length and device.
+    chunk_size: int = struct.field(pytree_node=False, default=0)
+    chunk_tokens: int = struct.field(pytree_node=False, default=1024)  # CPU chunk, in tokens.
+    min_chunks: int = struct.field(pytree_node=False, default=8)  # Chunks per batch, at least.
 
     @classmethod
     def from_config(cls, exit_config: Any) -> ExitConfig:
@@ -103,8 +106,11 @@ class ExitConfig:
             raise ValueError(f"Unknown exit policy {self.policy!r}; valid: {POLICIES}.")
         if self.answer_from not in ANSWER_FROM:
             raise ValueError(f"Unknown answer_from {self.answer_from!r}; valid: {ANSWER_FROM}.")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
+        if self.chunk_size < 0 or self.chunk_tokens < 1 or self.min_chunks < 1:
+            raise ValueError(
+                f"chunk_size must be >= 0 (0: auto), chunk_tokens and min_chunks >= 1; got "
+                f"{self.chunk_size}, {self.chunk_tokens}, {self.min_chunks}."
+            )
         if isinstance(self.min_exit_block, int):  # Concrete (not traced): check it.
             if self.min_exit_block < 1:
                 raise ValueError(f"min_exit_block is 1-based, got {self.min_exit_block}.")

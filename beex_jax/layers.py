@@ -1,8 +1,9 @@
 """Binarized building blocks (SPEC §1-§2): dense, embedding, attention, SLFN and the FFN ablation.
 
 Every binarized layer keeps a float32 latent parameter named `binary_kernel` / `binary_embedding`
-and binarizes it on every call; `binarize=False` uses the same parameter as a plain float weight, so
-both variants share one parameter tree (and one checkpoint layout).
+and binarizes it on every call while training (inference binarizes once, `packed_weights`, see
+`beex_jax.model.inference_params`); `binarize=False` uses the same parameter as a plain float
+weight, so both variants share one parameter tree (and one checkpoint layout).
 """
 
 from __future__ import annotations

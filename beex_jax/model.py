@@ -17,11 +17,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from beex_jax import binarize as bz
 from beex_jax.config_fields import dataclass_from_section
 from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHeadAttention
 
 Params = Any
 NORMS = ("post", "pre")
+ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")  # Backends where "auto" computes in bfloat16.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ class ModelConfig:
     detach_scale: bool = False
     binarize_activations: bool = False
     packed_weights: bool = False  # Binary leaves already hold alpha * sign(W) (exported model).
-    dtype: str = "float32"
+    dtype: str = "auto"  # Activations; auto: bfloat16 on GPU/TPU, float32 on CPU.
 
     @classmethod
     def from_config(cls, model_config: Any) -> ModelConfig:
@@ -56,8 +58,15 @@ class ModelConfig:
 
     @property
     def activation_dtype(self) -> jnp.dtype:
-        """The compute dtype of activations (parameters stay float32)."""
+        """The compute dtype of activations (parameters stay float32); "auto" by backend."""
+        if self.dtype == "auto":
+            accelerator = jax.default_backend() in ACCELERATORS
+            return jnp.dtype(jnp.bfloat16 if accelerator else jnp.float32)
         return jnp.dtype(self.dtype)
+
+    def for_inference(self) -> ModelConfig:
+        """This config as served: binary leaves hold alpha * sign(W) when binarized."""
+        return dataclasses.replace(self, packed_weights=self.binarize)
 
     def dense(self) -> Any:
         """BinaryDense with this config's binarization options bound."""
@@ -222,6 +231,17 @@ def stage_params(params: Params, index: jax.Array | int) -> Params:
         lambda x: jax.lax.dynamic_index_in_dim(x, index, axis=0, keepdims=False),
         params["stages"],
     )
+
+
+def inference_params(params: Params, config: ModelConfig) -> tuple[Params, ModelConfig]:
+    """(params, config) to serve: binary leaves hold alpha * sign(W), binarized once, not per call.
+
+    The returned config has `packed_weights=True`, so the forward pass uses those leaves as they
+    are; its outputs equal the latent model's. A float or already packed model is returned as is.
+    """
+    if not config.binarize or config.packed_weights:
+        return params, config
+    return bz.binarize_params(params, scale=config.scale), config.for_inference()
 
 
 def init_params(config: ModelConfig, rng: jax.Array, length: int | None = None) -> Params:

@@ -36,14 +36,14 @@ from beex_jax import checkpointing, data, early_exit, export, export_loader, flo
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
 from beex_jax.data import tokenizer as tokenizer_lib
-from beex_jax.model import ModelConfig, Params
+from beex_jax.model import ModelConfig, Params, inference_params
 from beex_jax.predict_files import BadInputError, predict_file
 
 __all__ = ["MODES", "BadInputError", "Predictor", "load", "predict", "predict_file"]
 MODES = ("early_exit", "full_depth")
 
 
-@functools.partial(jax.jit, static_argnames="model_config")
+@functools.partial(jax.jit, static_argnames=("model_config", "chunk_size"))
 def last_exit_forward(
     params: Params,
     input_ids: jax.Array,
@@ -51,10 +51,18 @@ def last_exit_forward(
     mask: jax.Array,
     *,
     model_config: ModelConfig,
+    chunk_size: int = 0,
+    num_rows: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """No early exit: every block on every example, answered by the last exit."""
+    """No early exit: every block on every example (in chunks of rows), the last exit answers."""
     logits = early_exit.full_depth_logits(
-        params, input_ids, segment_ids, mask, model_config=model_config
+        params,
+        input_ids,
+        segment_ids,
+        mask,
+        model_config=model_config,
+        chunk_size=chunk_size,
+        num_rows=num_rows,
     )[-1]
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
     last = jnp.full(lengths.shape, model_config.num_layers - 1, jnp.int32)
@@ -93,10 +101,17 @@ class Predictor:
     ):
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; valid: {MODES}.")
-        self.config, self.tokenizer, self.mode = config, tokenizer, mode
+        self.tokenizer, self.mode = tokenizer, mode
         self.source = source  # Where the model was loaded from.
         self.task = config.task
-        self.model_config = ModelConfig.from_config(config.model)
+        # Binarized once here: the jitted forward passes read alpha * sign(W) as it is.
+        latent_config = ModelConfig.from_config(config.model)
+        params, self.model_config = inference_params(jax.device_put(params), latent_config)
+        if self.model_config != latent_config:
+            config = config.copy_and_resolve_references()
+            with config.unlocked():
+                config.model.packed_weights = True
+        self.config, self.params = config, params
         exit_values = dict(config.exit.items())
         if delta is not None:
             exit_values["delta"] = float(delta)
@@ -116,7 +131,6 @@ class Predictor:
         )
         self.batch_size = int(batch_size or config.eval_batch_size)
         self.batch_sizes = batch_sizes(self.batch_size)
-        self.params = jax.device_put(params)
         self._empty = data.encode(tokenizer, [""], max_length=self.max_length)
 
     @property
@@ -133,11 +147,19 @@ class Predictor:
         )
 
     def run_batch(
-        self, input_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray
+        self,
+        input_ids: np.ndarray,
+        segment_ids: np.ndarray,
+        mask: np.ndarray,
+        num_rows: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """The jitted forward pass on one padded batch: early exit, or every block (full depth)."""
+        """The jitted forward pass on one padded batch: early exit, or every block (full depth).
+
+        Rows from `num_rows` on are padding: not computed, their outputs meaningless.
+        """
         chex.assert_rank([input_ids, segment_ids, mask], 2)
         chex.assert_equal_shape([input_ids, segment_ids, mask])
+        num_rows = None if num_rows is None else np.int32(num_rows)
         if self.mode == "early_exit":
             out, _ = early_exit.early_exit_forward(
                 self.params,
@@ -146,32 +168,47 @@ class Predictor:
                 mask,
                 self.exit_config,
                 model_config=self.model_config,
+                num_rows=num_rows,
             )
         else:
             out = last_exit_forward(
-                self.params, input_ids, segment_ids, mask, model_config=self.model_config
+                self.params,
+                input_ids,
+                segment_ids,
+                mask,
+                model_config=self.model_config,
+                chunk_size=self.exit_config.chunk_size,
+                num_rows=num_rows,
             )
         return jax.device_get(out)
 
     def batches(self, encoded: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, dict]]:
-        """(example indices, padded batch) in length order; padding rows are empty texts."""
+        """(example indices, padded batch) in length order; padding rows are empty texts.
+
+        A batch never mixes bucket lengths (a short example is not padded to a long one's bucket),
+        and the padding rows of a partial batch are skipped by the forward pass (`num_rows`).
+        """
         order = np.argsort(encoded["length"], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            size = next(s for s in self.batch_sizes if s >= len(rows))
-            length = pipeline.bucket_length(int(encoded["length"][rows].max()), self.lengths)
-            batch = {}
-            for key in ("input_ids", "segment_ids", "mask"):
-                padding = np.repeat(self._empty[key], size - len(rows), axis=0)
-                batch[key] = np.concatenate([encoded[key][rows], padding])[:, :length]
-            yield rows, batch
+        buckets = np.array(
+            [pipeline.bucket_length(int(n), self.lengths) for n in encoded["length"][order]]
+        )
+        for length in np.unique(buckets):
+            same = order[buckets == length]
+            for start in range(0, len(same), self.batch_size):
+                rows = same[start : start + self.batch_size]
+                size = next(s for s in self.batch_sizes if s >= len(rows))
+                batch = {}
+                for key in ("input_ids", "segment_ids", "mask"):
+                    padding = np.repeat(self._empty[key], size - len(rows), axis=0)
+                    batch[key] = np.concatenate([encoded[key][rows], padding])[:, :length]
+                yield rows, batch
 
     def predict_encoded(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-example outputs (logits, prediction, exit_index, last_block, flops), input order."""
         num = len(encoded["length"])
         outputs: dict[str, np.ndarray] = {}
         for rows, batch in self.batches(encoded):
-            for key, value in self.run_batch(**batch).items():
+            for key, value in self.run_batch(**batch, num_rows=len(rows)).items():
                 if key not in outputs:
                     outputs[key] = np.zeros((num, *value.shape[1:]), value.dtype)
                 outputs[key][rows] = value[: len(rows)]

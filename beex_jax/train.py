@@ -220,10 +220,11 @@ def _train_and_evaluate(
     eval_step = evaluate.make_eval_step(config, mesh)
 
     def run_evaluators(params) -> dict[str, dict[str, Any]]:
+        inference_params = evaluate.inference_params(config, params)  # Binarized once.
         return {
             split: evaluate.evaluate_split(
                 eval_step,
-                params,
+                inference_params,
                 input_.eval_batches(split),
                 mesh,
                 task=config.task,

@@ -116,7 +116,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.exit.answer_from = "current"  # current | previous block's logits at the exit.
     config.exit.entropy_threshold = 0.3  # DeeBERT baseline: exit when H_i < threshold.
     config.exit.patience = 2  # PABEE baseline: exit after this many agreeing exits.
-    config.exit.chunk_size = 32  # Early-exit inference runs the active prefix in such chunks.
+    # Inference runs batches in chunks of rows; 0 chooses them from the batch, length and device
+    # (CPU: about chunk_tokens tokens each, early exit at least min_chunks chunks per batch).
+    config.exit.chunk_size = 0
+    config.exit.chunk_tokens = 1024  # Tokens per chunk on CPU (activations stay in cache).
+    config.exit.min_chunks = 8  # Early exit splits a batch at least this finely.
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "soft_routing"  # soft_routing | mean | weighted.
@@ -172,7 +176,8 @@ def model_config(
     model.scale = "per_channel"  # per_channel | per_tensor | none.
     model.detach_scale = False  # Stop the gradient through alpha.
     model.binarize_activations = False  # W1A1 inputs to binarized dense layers.
-    model.dtype = "float32"  # Activation dtype (bfloat16 on TPU/GPU); params stay float32.
+    # Activation dtype: auto is bfloat16 on GPU/TPU and float32 on CPU; params stay float32.
+    model.dtype = "auto"
     return model
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from beex_jax import checkpointing, data, early_exit, flops, metrics  # noqa: E402
 from beex_jax import exits as ex  # noqa: E402
-from beex_jax.model import ModelConfig  # noqa: E402
+from beex_jax.model import ModelConfig, inference_params  # noqa: E402
 from experiments.paths import command_line  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Training workdirs of the models to compare.")
@@ -45,7 +45,8 @@ FLOPS_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def dev_logits(params: Any, config: Any, split: str) -> dict[str, np.ndarray]:
     """Logits of every exit [L, N, C], labels [N] and lengths [N] on a dev split."""
-    model_config = ModelConfig.from_config(config.model)
+    # Binarized once, not on every batch.
+    params, model_config = inference_params(params, ModelConfig.from_config(config.model))
     input_ = data.create_input(config)
     parts: dict[str, list[np.ndarray]] = {"logits": [], "label": [], "length": []}
     for batch in input_.eval_batches(split):

@@ -138,7 +138,7 @@ def test_matches_full_depth_reference(batch_size, seed, delta, min_exit_block):
 def test_extreme_deltas_and_skipped_work(batch_size):
     """delta = -inf: all blocks for everyone; +inf: everyone stops at min_exit_block, early."""
     batch = make_batch(batch_size, seed=batch_size)
-    chunk = min(32, batch_size)
+    chunk = early_exit.exit_chunk_rows(ex.ExitConfig(), batch_size, LENGTH)
     slots = -(-batch_size // chunk) * chunk
     for delta, blocks in ((-np.inf, NUM_LAYERS), (np.inf, 2)):
         early, work = assert_same_predictions(
@@ -223,3 +223,70 @@ def test_flops_follow_the_last_block():
     full = early_exit.predict_early_exit(model_params(), batch, make_config(delta=-np.inf))
     # Stopping after block 2 of 4 costs half of the stages.
     np.testing.assert_allclose(early["flops"], 0.5 * np.asarray(full["flops"]), rtol=1e-6)
+
+
+def test_chunk_rows_from_batch_length_and_device():
+    """CPU: about chunk_tokens tokens a chunk; accelerators: the whole batch; powers of two."""
+    rows = functools.partial(early_exit.chunk_rows, chunk_tokens=1024, platform="cpu")
+    assert rows(256, 32) == 32 and rows(256, 64) == 16 and rows(32, 32) == 32
+    assert rows(1, 128) == 1 and rows(5, 16) == 5  # A batch smaller than a chunk is one chunk.
+    assert rows(256, 48) == 16  # 1024 // 48 = 21, rounded down to a power of two.
+    assert early_exit.chunk_rows(256, 64, chunk_tokens=1024, platform="gpu") == 256
+    # Early exit splits even small batches, so that exited examples stop costing work.
+    assert rows(8, 32, min_chunks=8) == 1 and rows(32, 32, min_chunks=8) == 4
+    assert rows(256, 32, min_chunks=8) == 32
+    assert early_exit.chunk_rows(256, 64, min_chunks=8, platform="tpu") == 32
+    auto = ex.ExitConfig()
+    assert early_exit.exit_chunk_rows(auto, 8, 32) == rows(8, 32, min_chunks=auto.min_chunks)
+    assert early_exit.exit_chunk_rows(auto.replace(chunk_size=32), 8, 32) == 8
+
+
+@pytest.mark.parametrize("batch_size", (2, 8, 32))
+def test_small_batches_skip_exited_examples(batch_size):
+    """With the chunk chosen from the batch, a batch of 2-32 stops computing exited examples."""
+    config = make_config(delta=0.0)  # chunk_size 0: chosen from the batch.
+    early, work = assert_same_predictions(config, model_params(), make_batch(batch_size, 3))
+    last_block = np.asarray(early["last_block"])
+    assert len(np.unique(last_block)) > 1  # Part of the batch exits early.
+    chunk = early_exit.exit_chunk_rows(ex.ExitConfig(), batch_size, LENGTH)
+    assert chunk < batch_size
+    active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
+    assert int(work["rows_run"]) == sum(-(-a // chunk) * chunk for a in active if a)
+    assert int(work["rows_run"]) < batch_size * int(work["blocks_run"])  # Work was saved.
+
+
+@pytest.mark.parametrize(("batch_size", "chunk"), [(23, 4), (64, 16), (5, 8)])
+def test_full_depth_in_chunks_equals_one_pass(batch_size, chunk):
+    """Running a large batch as a loop over chunks (padded to whole chunks) changes no logit."""
+    model_config = ModelConfig.from_config(make_config().model)
+    batch = make_batch(batch_size, seed=chunk)
+    args = (model_params(), batch["input_ids"], batch["segment_ids"], batch["mask"])
+    chunked = early_exit.full_depth_logits(*args, model_config=model_config, chunk_size=chunk)
+    whole = early_exit.full_depth_logits(*args, model_config=model_config, chunk_size=batch_size)
+    chex.assert_shape(chunked, (NUM_LAYERS, batch_size, 2))
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_padding_rows_past_num_rows_are_skipped():
+    """Rows from num_rows on are padding: no chunk past the last real row runs, in either path."""
+    model_config = ModelConfig.from_config(make_config().model)
+    config = make_config(delta=0.0, chunk_size=4)
+    batch, num_rows = make_batch(16, seed=9), 5
+    args = (model_params(), batch["input_ids"], batch["segment_ids"], batch["mask"])
+    whole = early_exit.full_depth_logits(*args, model_config=model_config, chunk_size=4)
+    part = early_exit.full_depth_logits(
+        *args, model_config=model_config, chunk_size=4, num_rows=jnp.int32(num_rows)
+    )
+    np.testing.assert_array_equal(part[:, :num_rows], whole[:, :num_rows])
+    np.testing.assert_array_equal(part[:, 8:], 0.0)  # Chunks 2 and 3 never ran.
+    exit_config = ex.ExitConfig.from_config(config.exit)
+    outputs, work = early_exit.early_exit_forward(
+        *args, exit_config, model_config=model_config, num_rows=num_rows
+    )
+    real = {k: v[:num_rows] for k, v in batch.items()}
+    early, _ = assert_same_predictions(config, model_params(), real)
+    for key in ("exit_index", "last_block", "prediction"):
+        np.testing.assert_array_equal(outputs[key][:num_rows], early[key])
+    last_block = np.asarray(early["last_block"])
+    active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
+    assert int(work["rows_run"]) == sum(-(-a // 4) * 4 for a in active if a)

@@ -246,7 +246,9 @@ def test_exit_config_from_config_and_validation():
     from configs import glue
 
     config = ex.ExitConfig.from_config(glue.get_config("size=tiny").exit)
-    assert config.policy == "entropy_reduction" and config.chunk_size == 32
+    assert config.policy == "entropy_reduction" and config.chunk_size == 0  # 0: auto.
+    with pytest.raises(ValueError, match="chunk_size"):
+        ex.ExitConfig(chunk_size=-1).validate()
     with pytest.raises(ValueError, match="policy"):
         ex.ExitConfig(policy="nope").validate()
     with pytest.raises(ValueError, match="answer_from"):
