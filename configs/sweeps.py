@@ -1,13 +1,17 @@
 """Sweeps: named lists of training runs (config variant + overrides) for experiments/sweep.py.
 
-  python experiments/sweep.py --sweep=reproduction|ablations|target --root=runs/sweeps \
-      --glue_dir=../shared/data/glue
+  python experiments/sweep.py --sweep=reproduction|ablations|target|recipe|pretrained \
+      --root=runs/sweeps --glue_dir=../shared/data/glue
 
   reproduction  binarized and float BEExformer on sst2, cola, mrpc, rte, stsb, wnli. Measured:
                 SST-2 80.05% early exit (binarized, 1 epoch) vs 81.19% float; 60-67% FLOPs saved.
   ablations     surrogate, scale, SLFN vs FFN, loss; on SST-2 (300 steps) and MRPC (3 epochs).
                 Measured: approx_sign beats both STE variants on SST-2; scale=none does not train.
   target        SST-2 changes toward 85%. Measured: best 81.65% (BERT vocabulary, 1 epoch).
+  recipe        issue 11's options one at a time (STS-B, RTE 10 epochs; SST-2 1 epoch), 2 seeds.
+                Not measured yet.
+  pretrained    fine-tuned from the self-pretrained body vs from scratch (pre-LN, binarized).
+                Measured: no gain at this CPU budget (STS-B worse, SST-2 equal within noise).
 
 Tables land in experiments/results/<sweep>.{md,csv,json}; experiments/results/README.md reads them.
 Budgets are sized for a 2-core CPU (each run about 30 minutes at most); they are overrides like
