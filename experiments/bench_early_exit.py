@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ from beex_jax import early_exit, flops, predict
 from beex_jax import exits as ex
 from beex_jax.model import ModelConfig, inference_params, init_params
 from configs import glue
-from experiments.machine import cpu_model
+from experiments.machine import describe
 from experiments.paths import command_line
 
 _apply_policy = jax.jit(ex.apply_policy)
@@ -313,12 +312,7 @@ def main() -> None:
         "benchmark": "early-exit inference vs full depth (wall-clock and FLOPs)",
         "command": command_line(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "jax_backend": jax.default_backend(),
-            "jax_version": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
+            **describe(),
             # The machine is shared: other processes' load at the end of the run (1, 5, 15 min).
             "load_average": list(os.getloadavg()),
         },

@@ -36,7 +36,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beex_jax import predict
 from beex_jax.data import glue_builder
-from experiments.machine import cpu_model
+from experiments.machine import describe
 from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
@@ -185,12 +184,7 @@ def main() -> None:
     report = {
         "command": command_line(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "jax_backend": jax.default_backend(),
-            "jax_version": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
+            **describe(),
             "load_average_start": load_start,
             "load_average_end": os.getloadavg(),
         },

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beex_jax import early_exit, predict
 from experiments.bench_inference import dev_set
-from experiments.machine import cpu_model
+from experiments.machine import describe
 from experiments.paths import command_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,12 +271,7 @@ def main() -> None:
         "benchmark": "beex-jax vs the same BEExformer in PyTorch, full depth and early exit",
         "command": command_line(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "jax_backend": jax.default_backend(),
-            "jax_version": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
+            **describe(),
             **worker.info,
             "load_average_start": load_start,
             "load_average_end": os.getloadavg(),

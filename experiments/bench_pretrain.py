@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from beex_jax.data import corpus
 from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig
 from configs import pretrain as pretrain_config
-from experiments.machine import cpu_model
+from experiments.machine import describe
 from experiments.paths import command_line, relative
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pretrain.json"
@@ -140,11 +139,7 @@ def main() -> None:
     record = {
         "command": command_line(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "jax_backend": jax.default_backend(),
-            "jax": jax.__version__,
+            **describe(),
             "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "inputs": f"real packed corpus batch ({config.batch_size} x {config.data.max_length}), "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from beex_jax import flops, loop, optim, train
 from beex_jax.data import tokenizer
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
-from experiments.machine import cpu_model
+from experiments.machine import describe
 from experiments.paths import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
@@ -169,12 +168,7 @@ def main() -> None:
     record = {
         "command": command_line(sys.argv),
         "machine": {
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "jax_backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
+            **describe(),
             "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "inputs": f"random token ids, batch {args.batch_size}, length {args.length} "
