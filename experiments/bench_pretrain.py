@@ -36,14 +36,15 @@ from beex_jax.data import corpus
 from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig
 from configs import pretrain as pretrain_config
+from experiments import bench_train
 from experiments.machine import describe
 from experiments.paths import command_line, relative
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pretrain.json"
 
 
-class Step:
-    """A compiled MLM update of one variant and its state."""
+class Step(bench_train.Step):
+    """A compiled MLM update of one variant and its state (timed as bench_train's step)."""
 
     def __init__(self, binarize: bool, config, token_ids: dict, batch: dict):
         config = config.copy_and_resolve_references()
@@ -61,14 +62,6 @@ class Step:
         self.compile_s = time.perf_counter() - start
         self.round_times: list[float] = []
         self.run(2)  # Warm-up.
-
-    def run(self, steps: int) -> float:
-        """Seconds per step over `steps` back-to-back steps."""
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.state, metrics = self.compiled(self.state, self.batch)
-        jax.block_until_ready((self.state, metrics))
-        return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
