@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import random
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -21,21 +17,7 @@ def test_sigkill_then_rerun_gives_bitwise_equal_parameters(tmp_path_factory, tfd
     cmd = training_runs.command(workdir, tfds_dir)
     env = training_runs.environment(base / "xla_cache")  # Same programs as the reference.
     kill_step = random.randint(2, training_runs.NUM_TRAIN_STEPS - 2)
-    with open(base / "killed.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=training_runs.REPO, env=env, stdout=log, stderr=log)
-        metrics = workdir / "metrics.jsonl"
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
-            if any(json.loads(line)["step"] >= kill_step for line in lines if line):
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, (
-        f"the run was meant to be killed after step {kill_step} but ended with {proc.returncode}:"
-        f" {(base / 'killed.log').read_text()[-3000:]}"
-    )
+    training_runs.kill_after_step(cmd, env, workdir, kill_step, base / "killed.log")
     assert not (workdir / "summary.json").exists()
 
     checkpoints = workdir / "checkpoints"

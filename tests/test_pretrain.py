@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import random
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -245,18 +242,7 @@ def test_pretraining_sigkill_then_rerun_is_bitwise_equal(pretrained, tmp_path, t
     workdir = tmp_path / "killed"
     cmd = _pretrain_command(workdir, tfds_dir)
     kill_step = random.randint(2, 6)
-    proc = subprocess.Popen(
-        cmd, cwd=training_runs.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 180
-    while proc.poll() is None and time.monotonic() < deadline:
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        if any(json.loads(line)["step"] >= kill_step for line in lines if line):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+    training_runs.kill_after_step(cmd, env, workdir, kill_step, tmp_path / "killed.log")
     training_runs.run(cmd, env)
     expected = init_from.load_params(str(reference))
     got = init_from.load_params(str(workdir))

@@ -7,10 +7,13 @@ cache, so that runs of the same program compile it once per session.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import jax
@@ -102,6 +105,27 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 240) -> subprocess
     if proc.returncode:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
+
+
+def kill_after_step(
+    cmd: list[str], env: dict[str, str], workdir: pathlib.Path, kill_step: int, log: pathlib.Path
+) -> None:
+    """Runs `cmd` and SIGKILLs it once workdir/metrics.jsonl records `kill_step`; asserts the
+    kill is what ended it (output in `log`)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
+        metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any(json.loads(line)["step"] >= kill_step for line in lines if line):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run was meant to be killed after step {kill_step} but ended with {proc.returncode}:"
+        f" {log.read_text()[-3000:]}"
+    )
 
 
 def reference_run(base: pathlib.Path, tfds_dir: pathlib.Path) -> pathlib.Path:
