@@ -177,6 +177,52 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def compare_to_baseline(
+    summaries: list[dict[str, Any]], tag: str = "change", baseline: str = "none"
+) -> list[dict[str, Any]]:
+    """Each configuration against the baseline of its task: difference of the seed means and
+    its standard error, from the task's pooled seed standard deviation (with two seeds a run's own
+    standard deviation is too rough). A difference beyond two standard errors is a verdict;
+    anything smaller is noise."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for summary in summaries:
+        if tag in summary:
+            by_task.setdefault(summary["task"], []).append(summary)
+    out = []
+    for task, members in by_task.items():
+        base = next((m for m in members if m[tag] == baseline), None)
+        if base is None:
+            continue
+        row_out = {"task": task}
+        for name in ("early_exit", "last_exit_best"):
+            variances = [m[f"{name}_std"] ** 2 for m in members if m[f"{name}_std"] is not None]
+            row_out[f"{name}_pooled_std"] = (
+                round(float(np.sqrt(np.mean(variances))), 2) if variances else None
+            )
+        for member in members:
+            if member is base:
+                continue
+            row = {**row_out, tag: member[tag], "n": member["n"], "baseline_n": base["n"]}
+            for name in ("early_exit", "last_exit_best", "flops_saved_pct"):
+                row[name] = member[name]
+                row[f"{name}_baseline"] = base[name]
+                row[f"{name}_difference"] = round(member[name] - base[name], 2)
+            pooled = row["early_exit_pooled_std"]
+            if pooled is None:
+                row["standard_error"], row["verdict"] = None, "one seed: no verdict"
+            else:
+                error = pooled * float(np.sqrt(1 / member["n"] + 1 / base["n"]))
+                difference = row["early_exit_difference"]
+                row["standard_error"] = round(error, 2)
+                row["verdict"] = (
+                    "within noise"
+                    if abs(difference) < 2 * error
+                    else ("better" if difference > 0 else "worse")
+                )
+            out.append(row)
+    return out
+
+
 def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
     """Writes rows as Markdown, CSV and JSON next to each other."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +268,11 @@ def main(argv: list[str]) -> None:
     rows = [collect(r, root / r.name) for r in runs if (root / r.name / "summary.json").exists()]
     write_table(rows, Path(_RESULTS.value) / _SWEEP.value)
     # Mean and standard deviation over the seeds of each configuration.
-    write_table(aggregate(rows), Path(_RESULTS.value) / f"{_SWEEP.value}_seeds")
+    summaries = aggregate(rows)
+    write_table(summaries, Path(_RESULTS.value) / f"{_SWEEP.value}_seeds")
+    comparisons = compare_to_baseline(summaries)
+    if comparisons:  # Sweeps of changes against a baseline (recipe).
+        write_table(comparisons, Path(_RESULTS.value) / f"{_SWEEP.value}_vs_baseline")
     print(Path(_RESULTS.value, _SWEEP.value).with_suffix(".md").read_text())
 
 

@@ -92,6 +92,25 @@ def test_seed_groups_are_summarized_by_mean_and_std() -> None:
     assert sweeps.Run("x-recipe-none-s1", "task=rte").group == "x-recipe-none"
 
 
+def test_changes_are_judged_against_their_task_baseline_by_two_standard_errors() -> None:
+    from experiments import sweep
+
+    def summary(change: str, mean: float, std: float) -> dict:
+        figures = {name: mean for name in sweep.AGGREGATED}
+        stds = {f"{name}_std": std for name in sweep.AGGREGATED}
+        return {"task": "rte", "change": change, "n": 2, **figures, **stds}
+
+    summaries = [summary("none", 50.0, 1.0), summary("a", 53.0, 1.0), summary("b", 51.0, 1.0)]
+    rows = {r["change"]: r for r in sweep.compare_to_baseline(summaries)}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["standard_error"] == 1.0  # pooled std 1, sqrt(1/2 + 1/2)
+    assert rows["a"]["early_exit_difference"] == 3.0 and rows["a"]["verdict"] == "better"
+    assert rows["b"]["verdict"] == "within noise"
+    worse = sweep.compare_to_baseline([summary("none", 50.0, 1.0), summary("c", 47.0, 1.0)])
+    assert worse[0]["verdict"] == "worse"
+    assert sweep.compare_to_baseline([{"task": "rte", "group": "x"}]) == []
+
+
 def test_recorded_commands_are_repo_relative(tmp_path) -> None:
     from experiments import sweep
 
