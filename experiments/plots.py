@@ -89,26 +89,26 @@ def plot_histograms(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Training loss and dev early-exit metric against step for every run of a sweep."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for row in rows:
-        records = [
-            json.loads(line)
-            for line in (Path(row["workdir"]) / "metrics.jsonl").read_text().splitlines()
-        ]
-        train = [r for r in records if "loss" in r]
-        key = next(
-            (k for r in records for k in r if k.endswith(f"/early_exit/{row['metric']}")), None
-        )
-        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label=row["run"])
-        if key:
-            dev = [r for r in records if key in r]
-            axes[1].plot([r["step"] for r in dev], [100 * r[key] for r in dev], marker=".")
-    axes[0].set(xlabel="step", ylabel="training loss", yscale="log")
-    axes[1].set(xlabel="step", ylabel="dev metric with early exit (%)")
-    axes[0].legend(fontsize=7, ncol=2)
-    for ax in axes:
+    """Dev score with early exit against training step, one panel per task, every run a line
+    (binarized solid, full precision dashed), from the rows' per-evaluation learning curves."""
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        task_rows = [row for row in rows if row["task"] == task]
+        for row in task_rows:
+            curve = row["by_evaluation"]
+            style = "--" if row.get("precision") == "float" else "-"
+            ax.plot(
+                [p["step"] for p in curve],
+                [next(v for k, v in p.items() if k.startswith("dev_")) for p in curve],
+                style,
+                marker=".",
+                label=row["run"],
+            )
+        score = task_rows[0].get("score", task_rows[0].get("metric"))
+        ax.set(title=task, xlabel="training step", ylabel=f"dev {score}, early exit")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "training_curves.png"
     fig.savefig(path, dpi=110)
