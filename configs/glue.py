@@ -25,9 +25,10 @@ experiments/results/reproduction.md, each run's command in its JSON):
   wnli   accuracy                 56.34 ± 0.00      54.93   (majority class: 56.34)
   qnli, qqp, mnli: not measured (their train files are not in ../shared/data/glue).
 
-Early exit saves 51-67% of FLOPs; the binarized model is 18-22x smaller. SST-2 was not rerun
-at this budget: one epoch gave 80.05 binarized / 81.19 float (reproduction_short.md), the best
-binarized result is 81.65% with the BERT vocabulary (target.md), 600 steps give 78.44 ± 1.13.
+Early exit saves 51-67% of FLOPs (task means; RTE seed 1 alone 35.5%); the binarized model is
+18-22x smaller. SST-2 was not rerun at this budget: one epoch gave 80.05 binarized / 81.19
+float (reproduction_short.md), the best binarized result is 81.65% with the BERT vocabulary
+(target.md), 600 steps give 78.44 ± 1.13 (recipe_seeds.md).
 None of the recipe options (loss.detach_routing, data.vocab_min_frequency, data.word_dropout,
 loss.label_smoothing, model.embedding_dropout_rate) beat the default by two standard errors
 (experiments/results/recipe_vs_baseline.md), so all are off.

@@ -185,8 +185,8 @@ def compare_to_baseline(
     standard deviation is too rough). A difference beyond two standard errors is a verdict;
     anything smaller is noise."""
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for summary in summaries:
-        if tag in summary:
+    for summary in summaries:  # Sweeps without both tags (target: no task) have no baseline.
+        if tag in summary and "task" in summary:
             by_task.setdefault(summary["task"], []).append(summary)
     out = []
     for task, members in by_task.items():

@@ -15,6 +15,7 @@ import collections
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,16 @@ _OUT = flags.DEFINE_string(
 )
 
 
-def texts(task: str, split: str) -> list[str]:
-    """Every text field of every example of a prepared split."""
-    columns = glue_builder.read_split(task, _TFDS_DIR.value, split)
-    return [text for field in tokenizer.text_fields(task) for text in columns[field]]
-
-
 def coverage(task: str, min_frequency: int) -> dict[str, Any]:
     """Vocabulary size and the share of dev tokens on entries rare in train."""
     glue_builder.prepare(task, _TFDS_DIR.value, glue_dir=_GLUE_DIR.value)
-    train = texts(task, "train")
-    dev = texts(task, pipeline.eval_split_names(task)[0])
+    train = tokenizer.split_texts(task, _TFDS_DIR.value, "train")
+    dev = tokenizer.split_texts(task, _TFDS_DIR.value, pipeline.eval_split_names(task)[0])
     vocab = tokenizer.learn_vocab(train, _VOCAB_SIZE.value, min_frequency)
-    path = Path(f"/tmp/vocab_coverage_{task}_{min_frequency}.txt")
-    path.write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
-    tok = tokenizer.tokenizer_from_vocab(str(path))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "vocab.txt")
+        path.write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
+        tok = tokenizer.tokenizer_from_vocab(str(path))
     train_encodings = tok.encode_batch(train, add_special_tokens=False)
     seen = collections.Counter(i for enc in train_encodings for i in enc.ids)
     dev_ids = [i for enc in tok.encode_batch(dev, add_special_tokens=False) for i in enc.ids]

@@ -109,6 +109,9 @@ def test_changes_are_judged_against_their_task_baseline_by_two_standard_errors()
     worse = sweep.compare_to_baseline([summary("none", 50.0, 1.0), summary("c", 47.0, 1.0)])
     assert worse[0]["verdict"] == "worse"
     assert sweep.compare_to_baseline([{"task": "rte", "group": "x"}]) == []
+    # The target sweep tags its runs by change but not by task: no comparison, no KeyError.
+    untasked = [{k: v for k, v in summary("none", 50.0, 1.0).items() if k != "task"}]
+    assert sweep.compare_to_baseline(untasked) == []
 
 
 def test_recorded_commands_are_repo_relative(tmp_path) -> None:

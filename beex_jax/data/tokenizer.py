@@ -115,8 +115,7 @@ def build_tokenizer(
                 glue_dir=config.data.glue_dir,
                 manual_dir=config.data.manual_dir,
             )
-            columns = glue_builder.read_split(config.task, config.data.tfds_dir, "train")
-            train_texts = [text for field in text_fields(config.task) for text in columns[field]]
+            train_texts = split_texts(config.task, config.data.tfds_dir, "train")
         tokens = learn_vocab(
             list(train_texts),
             config.data.vocab_size,
@@ -136,6 +135,12 @@ def build_tokenizer(
 def text_fields(task: str) -> tuple[str, ...]:
     """The text features of `task`, e.g. ("sentence",) or ("sentence1", "sentence2")."""
     return tuple(name for name, _ in glue_builder.task_spec(task).text_features)
+
+
+def split_texts(task: str, tfds_dir: str, split: str) -> list[str]:
+    """Every text of every example of a prepared split, field by field."""
+    columns = glue_builder.read_split(task, tfds_dir, split)
+    return [text for field in text_fields(task) for text in columns[field]]
 
 
 def encode(
