@@ -273,7 +273,8 @@ def main(argv: list[str]) -> None:
     comparisons = compare_to_baseline(summaries)
     if comparisons:  # Sweeps of changes against a baseline (recipe).
         write_table(comparisons, Path(_RESULTS.value) / f"{_SWEEP.value}_vs_baseline")
-    print(Path(_RESULTS.value, _SWEEP.value).with_suffix(".md").read_text())
+    table = Path(_RESULTS.value, _SWEEP.value).with_suffix(".md")
+    print(table.read_text() if rows else f"No finished runs of {_SWEEP.value} in {root}.")
 
 
 if __name__ == "__main__":
