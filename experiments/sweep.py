@@ -266,6 +266,9 @@ def main(argv: list[str]) -> None:
             train(run, root / run.name)
     # The table holds every finished run of the sweep, also those of earlier invocations.
     rows = [collect(r, root / r.name) for r in runs if (root / r.name / "summary.json").exists()]
+    if not rows:  # Keep the committed tables: this root holds none of the sweep's runs.
+        print(f"No finished runs of {_SWEEP.value} in {root}; no table written.")
+        return
     write_table(rows, Path(_RESULTS.value) / _SWEEP.value)
     # Mean and standard deviation over the seeds of each configuration.
     summaries = aggregate(rows)
@@ -273,8 +276,7 @@ def main(argv: list[str]) -> None:
     comparisons = compare_to_baseline(summaries)
     if comparisons:  # Sweeps of changes against a baseline (recipe).
         write_table(comparisons, Path(_RESULTS.value) / f"{_SWEEP.value}_vs_baseline")
-    table = Path(_RESULTS.value, _SWEEP.value).with_suffix(".md")
-    print(table.read_text() if rows else f"No finished runs of {_SWEEP.value} in {root}.")
+    print(Path(_RESULTS.value, _SWEEP.value).with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -156,3 +156,24 @@ def test_command_line_is_repo_relative():
         "python experiments/exit_policies.py --workdirs=runs/a,runs/b --glue_dir "
         "../shared/data/glue --delta=0.1"
     )
+
+
+def test_collecting_a_root_without_runs_keeps_the_tables(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from experiments import sweep
+
+    table = tmp_path / "results" / "target.json"
+    table.parent.mkdir()
+    table.write_text('[{"run": "kept"}]')
+    command = [sys.executable, "experiments/sweep.py", "--sweep=target", "--collect_only"]
+    result = subprocess.run(
+        [*command, f"--root={tmp_path / 'empty'}", f"--results={table.parent}"],
+        cwd=sweep.REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "No finished runs of target" in result.stdout
+    assert table.read_text() == '[{"run": "kept"}]'
