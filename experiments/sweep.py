@@ -223,6 +223,15 @@ def compare_to_baseline(
     return out
 
 
+def merge_rows(
+    runs: list[sweeps.Run], fresh: list[dict[str, Any]], committed: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The sweep's table: rows of runs finished in this root, and the committed rows of runs that
+    finished elsewhere (an earlier machine), in the sweep's order."""
+    by_name = {row["run"]: row for row in committed} | {row["run"]: row for row in fresh}
+    return [by_name[r.name] for r in runs if r.name in by_name]
+
+
 def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
     """Writes rows as Markdown, CSV and JSON next to each other."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +262,7 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Runs the sweep's missing runs, then tabulates all finished ones."""
+    """Runs the sweep's missing runs, then tabulates all finished ones (here or committed)."""
     del argv
     runs = sweeps.get_sweep(_SWEEP.value, _BUDGET.value)
     unknown = set(_ONLY.value) - {r.name for r in runs}
@@ -269,6 +278,9 @@ def main(argv: list[str]) -> None:
     if not rows:  # Keep the committed tables: this root holds none of the sweep's runs.
         print(f"No finished runs of {_SWEEP.value} in {root}; no table written.")
         return
+    table = Path(_RESULTS.value, _SWEEP.value).with_suffix(".json")
+    if table.exists():  # Runs finished on another machine keep their committed rows.
+        rows = merge_rows(runs, rows, json.loads(table.read_text()))
     write_table(rows, Path(_RESULTS.value) / _SWEEP.value)
     # Mean and standard deviation over the seeds of each configuration.
     summaries = aggregate(rows)

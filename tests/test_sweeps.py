@@ -177,3 +177,20 @@ def test_collecting_a_root_without_runs_keeps_the_tables(tmp_path) -> None:
     )
     assert "No finished runs of target" in result.stdout
     assert table.read_text() == '[{"run": "kept"}]'
+
+
+def test_a_new_root_adds_its_runs_to_the_committed_table() -> None:
+    from experiments import sweep
+
+    runs = sweeps.get_sweep("reproduction")
+    committed = [{"run": "cola-binary-s0", "early_exit": 9.4}, {"run": "gone", "early_exit": 0}]
+    fresh = [
+        {"run": "cola-float-s0", "early_exit": 8.0},
+        {"run": "cola-binary-s0", "early_exit": 9.9},
+    ]
+    rows = sweep.merge_rows(runs, fresh, committed)
+    # In the sweep's order; a rerun replaces its committed row; rows of no current run are dropped.
+    assert rows == [
+        {"run": "cola-binary-s0", "early_exit": 9.9},
+        {"run": "cola-float-s0", "early_exit": 8.0},
+    ]
