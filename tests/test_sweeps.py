@@ -194,3 +194,42 @@ def test_a_new_root_adds_its_runs_to_the_committed_table() -> None:
         {"run": "cola-binary-s0", "early_exit": 9.9},
         {"run": "cola-float-s0", "early_exit": 8.0},
     ]
+
+
+def test_reproduction_table_reads_groups_and_judges_precision_by_two_standard_errors() -> None:
+    from experiments import reproduction_table
+
+    def run(group: str, early: float, flops: float) -> dict:
+        return {
+            "group": group,
+            "early_exit": early,
+            "early_exit_metrics": f"accuracy={early:.2f}",
+            "last_exit_best": early - 1,
+            "train_minutes": 2.0,
+            "flops_saved_pct": flops,
+        }
+
+    runs = [
+        run("rte-binary", 54.0, 40.0),
+        run("rte-binary", 56.0, 60.0),
+        run("rte-float", 50.0, 66.7),
+    ]
+    runs.append(run("rte-float", 50.0, 66.7))
+    summaries = [
+        {"group": "rte-binary", "task": "rte", "precision": "binary", "n": 2, "early_exit": 55.0,
+         "early_exit_std": 1.41, "last_exit_best": 54.0, "mean_exit_block": 2.5,
+         "flops_saved_pct": 50.0},
+        {"group": "rte-float", "task": "rte", "precision": "float", "n": 2, "early_exit": 50.0,
+         "early_exit_std": 0.0, "last_exit_best": 49.0, "mean_exit_block": 2.0,
+         "flops_saved_pct": 66.7},
+    ]  # fmt: skip
+    lines = reproduction_table.table_rows(runs, summaries)
+    assert lines[2].startswith("| rte | binary | 2 | 55.00 ± 1.41 | 54.00 (accuracy=54.00); 56.00")
+    assert lines[2].endswith("| >= 55 |") and lines[3].endswith("|  |")  # Targets: binarized only.
+    # +5.00 with SE 1.41 * sqrt(1/2) = 1.00: beyond two standard errors.
+    assert reproduction_table.precision_differences(summaries) == [
+        "- rte: +5.00 (SE 1.00, beyond 2 SE)"
+    ]
+    assert reproduction_table.exit_differences(runs, summaries)[0] == (
+        "- rte-binary: +1.00; FLOPs saved 50.0% (fewest in one run 40.0%)"
+    )
