@@ -7,6 +7,11 @@ full-precision MLM (`<root>/pretrain-float`), then binarization-aware MLM initia
 (`<root>/pretrain`, what `--config.init_from` of the fine-tuning runs names). Each stage resumes
 if interrupted and is skipped once finished. Writes experiments/results/pretrain.json: each
 stage's command, wall time, throughput and held-out masked-token accuracy per evaluation.
+
+A probe of one lever changes config fields of every stage and writes its own record, e.g.
+
+  python experiments/pretrain.py --root=runs/probe-lr3e-3 --stages=pretrain-float \
+      --overrides=optim.learning_rate=3e-3 --record=pretrain_lr3e-3
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of each stage.")
 _STAGES = flags.DEFINE_list("stages", [name for name, _ in STAGES], "Stages to run, in order.")
 _COLLECT_ONLY = flags.DEFINE_bool("collect_only", False, "Only write the record.")
 _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/results"), "Output folder.")
+_OVERRIDES = flags.DEFINE_list(
+    "overrides", [], "Extra `key=value` config overrides of every stage (a pretraining probe)."
+)
+_RECORD = flags.DEFINE_string("record", "pretrain", "Name of the record: <results>/<record>.json.")
 
 # Batch 16 rows (2k tokens): on a 2-core CPU the number of updates, not the tokens per update,
 # is what a 25-minute stage is short of (batch 64 stayed at the word-frequency stage).
@@ -70,9 +79,25 @@ def stage_command(name: str, overrides: tuple[tuple[str, object], ...]) -> list[
         f"--config.data.tfds_dir={relative(Path(_TFDS_DIR.value))}",
         f"--config.num_train_steps={_STEPS.value}",
     ]
-    for key, value in (*COMMON, *overrides):
+    for key, value in (*COMMON, *overrides, *extra_overrides()):
         cmd.append(f"--config.{key}={str(value).format(root=root)}")
     return cmd
+
+
+def extra_overrides() -> tuple[tuple[str, str], ...]:
+    """`--overrides` as (key, value) pairs; each must name a field of the pretraining config."""
+    pairs = []
+    for item in _OVERRIDES.value:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise app.UsageError(f"--overrides item {item!r} is not key=value.")
+        node = pretrain_config.get_config()
+        for part in key.split("."):
+            if part not in node:
+                raise app.UsageError(f"--overrides: {key!r} is not a pretraining config field.")
+            node = node[part]
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def finished(workdir: Path) -> bool:
@@ -126,7 +151,7 @@ def unigram_baseline(workdir: Path) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    """Runs the unfinished stages, then writes experiments/results/pretrain.json."""
+    """Runs the unfinished stages, then writes experiments/results/<record>.json."""
     del argv
     stages = []
     for name, overrides in STAGES:
@@ -146,15 +171,20 @@ def main(argv: list[str]) -> None:
             record = {"command": shlex.join(cmd), "wall_seconds": elapsed}
             record_path.write_text(json.dumps(record))
         stages.append(collect(name, cmd, workdir))
+    command = (
+        f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
+        f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}"
+    )
+    if _OVERRIDES.value:
+        command += f" --overrides={','.join(_OVERRIDES.value)} --record={_RECORD.value}"
     out = {
-        "command": f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
-        f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}",
+        "command": command,
         "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count()},
         "load_average": os.getloadavg(),
         "stages": stages,
         "unigram_baseline": unigram_baseline(Path(_ROOT.value) / _STAGES.value[-1]),
     }
-    path = Path(_RESULTS.value) / "pretrain.json"
+    path = Path(_RESULTS.value) / f"{_RECORD.value}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"Wrote {relative(path)}")
 
