@@ -74,8 +74,8 @@ def precision_differences(summaries: list[dict[str, Any]]) -> list[str]:
             lines.append(f"- {task}: {difference:+.2f} (one seed on a side: no standard error)")
             continue
         error = float(np.sqrt(stds[0] ** 2 / binary["n"] + stds[1] ** 2 / full["n"]))
-        verdict = "within noise" if abs(difference) < 2 * error else "beyond 2 SE"
-        lines.append(f"- {task}: {difference:+.2f} (SE {error:.2f}, {verdict})")
+        verdict = "within" if abs(difference) < 2 * error else "beyond"
+        lines.append(f"- {task}: {difference:+.2f} (seed SE {error:.2f}: {verdict} 2 SE)")
     return lines
 
 

@@ -228,7 +228,7 @@ def test_reproduction_table_reads_groups_and_judges_precision_by_two_standard_er
     assert lines[2].endswith("| >= 55 |") and lines[3].endswith("|  |")  # Targets: binarized only.
     # +5.00 with SE 1.41 * sqrt(1/2) = 1.00: beyond two standard errors.
     assert reproduction_table.precision_differences(summaries) == [
-        "- rte: +5.00 (SE 1.00, beyond 2 SE)"
+        "- rte: +5.00 (seed SE 1.00: beyond 2 SE)"
     ]
     assert reproduction_table.exit_differences(runs, summaries)[0] == (
         "- rte-binary: +1.00; FLOPs saved 50.0% (fewest in one run 40.0%)"
