@@ -27,8 +27,8 @@ import re
 REPRODUCTION_TASKS = ("cola", "mrpc", "rte", "stsb", "wnli", "sst2")  # In running order.
 REPRODUCTION_SEEDS = (0, 1)
 # Per-task CPU budget (2 cores, ~150-200 training examples/s for the small model): the method's
-# ten epochs for the small tasks (2-10 minutes each), three of SST-2 (67k examples, 16-18 minutes
-# a run; `train_minutes` in experiments/results/reproduction.json).
+# ten epochs for the small tasks (1.7-9.9 minutes each), three of SST-2 (67k examples, 15.7-17.6
+# minutes a run; `train_minutes` in experiments/results/reproduction.json).
 CPU_BUDGET = {task: {"num_epochs": 3 if task == "sst2" else 10} for task in REPRODUCTION_TASKS}
 # The budget of the first reproduction (experiments/results/reproduction_short.*) and of the
 # ablations: one epoch of SST-2, three of the small tasks, ten of WNLI.
