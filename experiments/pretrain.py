@@ -86,12 +86,12 @@ def stage_command(name: str, overrides: tuple[tuple[str, object], ...]) -> list[
 
 def extra_overrides() -> tuple[tuple[str, str], ...]:
     """`--overrides` as (key, value) pairs; each must name a field of the pretraining config."""
-    pairs = []
+    pairs, config = [], pretrain_config.get_config()
     for item in _OVERRIDES.value:
         key, sep, value = item.partition("=")
         if not sep:
             raise app.UsageError(f"--overrides item {item!r} is not key=value.")
-        node = pretrain_config.get_config()
+        node = config
         for part in key.split("."):
             if part not in node:
                 raise app.UsageError(f"--overrides: {key!r} is not a pretraining config field.")
