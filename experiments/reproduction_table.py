@@ -4,8 +4,9 @@
 
 One row per task and precision: early exit (mean ± std over seeds), each seed's early exit with
 its GLUE metrics, the last exit at its own best evaluation, mean exit block, FLOPs saved, and
-issue 11's target. Then, per task, binarized minus full precision with its standard error, and
-per configuration early exit minus last exit with the FLOPs saved.
+issue 11's target. Then, per task, binarized minus full precision with its standard error, per
+configuration early exit minus last exit with the FLOPs saved, and each task's dev-set standard
+error (what one run's score could move by on another sample of the same size).
 """
 
 from __future__ import annotations
@@ -33,6 +34,31 @@ TARGETS = {
     "sst2": ">= 82.5",
     "wnli": "-",
 }
+
+# GLUE dev examples per task (../shared/data/README.md).
+DEV_EXAMPLES = {"cola": 1043, "mrpc": 408, "rte": 277, "stsb": 1500, "sst2": 872, "wnli": 71}
+CORRELATION_SCORES = ("matthews_corr", "mean(Pearson, Spearman)")
+
+
+def dev_standard_error(score_name: str, score: float, num_examples: int) -> float:
+    """Sampling standard error of a dev score in points: sqrt(p(1-p)/n) for a proportion (the
+    MRPC mean of F1 and accuracy taken as one), (1-r^2)/sqrt(n-1) for a correlation."""
+    value = score / 100
+    if score_name in CORRELATION_SCORES:
+        return 100 * (1 - value**2) / float(np.sqrt(num_examples - 1))
+    return 100 * float(np.sqrt(value * (1 - value) / num_examples))
+
+
+def dev_standard_errors(summaries: list[dict[str, Any]]) -> list[str]:
+    """Per task, the dev-set standard error at its binarized early-exit score."""
+    lines = []
+    for summary in summaries:
+        if summary["precision"] != "binary" or summary["task"] not in DEV_EXAMPLES:
+            continue
+        n = DEV_EXAMPLES[summary["task"]]
+        error = dev_standard_error(summary["score"], summary["early_exit"], n)
+        lines.append(f"- {summary['task']}: {error:.2f} ({summary['score']}, {n} examples)")
+    return lines
 
 
 def table_rows(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
@@ -105,6 +131,8 @@ def main(argv: list[str]) -> None:
     print("\n".join(precision_differences(summaries)))
     print("\nEarly exit minus last exit (each at its own best), FLOPs saved:")
     print("\n".join(exit_differences(runs, summaries)))
+    print("\nDev-set standard error at the binarized early-exit score:")
+    print("\n".join(dev_standard_errors(summaries)))
 
 
 if __name__ == "__main__":

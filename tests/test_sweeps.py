@@ -233,3 +233,19 @@ def test_reproduction_table_reads_groups_and_judges_precision_by_two_standard_er
     assert reproduction_table.exit_differences(runs, summaries)[0] == (
         "- rte-binary: +1.00; FLOPs saved 50.0% (fewest in one run 40.0%)"
     )
+
+
+def test_dev_standard_errors_are_binomial_for_proportions_and_fisher_like_for_correlations():
+    from experiments import reproduction_table
+
+    # sqrt(0.5 * 0.5 / 100) = 0.05; (1 - 0.5^2) / sqrt(1500 - 1) = 0.01937...
+    assert reproduction_table.dev_standard_error("accuracy", 50.0, 100) == 5.0
+    stsb = reproduction_table.dev_standard_error("mean(Pearson, Spearman)", 50.0, 1500)
+    assert abs(stsb - 1.937) < 1e-3
+    summaries = [
+        {"task": "rte", "precision": "binary", "score": "accuracy", "early_exit": 50.0},
+        {"task": "rte", "precision": "float", "score": "accuracy", "early_exit": 60.0},
+    ]
+    assert reproduction_table.dev_standard_errors(summaries) == [
+        "- rte: 3.00 (accuracy, 277 examples)"
+    ]
