@@ -21,6 +21,8 @@ from beex_jax import binarize as bz
 Params = Any
 # Float leaves that never decay: biases and LayerNorm scales.
 NO_DECAY_NAMES = ("bias", "scale")
+# The body a pretrained model hands over (init_from.py): the embedding and the blocks.
+BODY_PREFIXES = ("embed/", "stages/block/")
 
 
 def _leaf_name(path: tuple[Any, ...]) -> str:
@@ -42,6 +44,16 @@ def decay_mask(params: Params, *, binarized: bool = True) -> Params:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def body_mask(params: Params) -> Params:
+    """True on the embedding and block parameters (the body), False on exit and MLM heads."""
+
+    def in_body(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        return name.startswith(BODY_PREFIXES)
+
+    return jax.tree_util.tree_map_with_path(in_body, params)
+
+
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, num_train_steps: int
 ) -> optax.Schedule:
@@ -59,7 +71,11 @@ def learning_rate_schedule(
 def create_optimizer(
     config: ml_collections.ConfigDict, num_train_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with global-norm clipping and [-1, 1] clipping of latent binary weights."""
+    """AdamW with global-norm clipping and [-1, 1] clipping of latent binary weights.
+
+    With `optim.body_lr_scale` != 1 the body's updates (weight decay included) are scaled by it:
+    a gentler learning rate for a pretrained embedding and blocks than for the fresh exit heads.
+    """
     schedule = learning_rate_schedule(config, num_train_steps)
     parts = []
     if config.optim.grad_clip_norm > 0:
@@ -73,6 +89,8 @@ def create_optimizer(
             mask=functools.partial(decay_mask, binarized=config.model.binarize),
         )
     )
+    if config.optim.body_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(config.optim.body_lr_scale), body_mask))
     if config.optim.clip_latent and config.model.binarize:
         parts.append(bz.clip_latent_weights(1.0))
     return optax.chain(*parts), schedule

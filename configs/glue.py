@@ -193,6 +193,9 @@ def optim_config() -> ml_collections.ConfigDict:
     optim.weight_decay = 0.01  # AdamW decay (not on latent binary weights, biases, norms).
     optim.grad_clip_norm = 1.0  # Global-norm clipping.
     optim.clip_latent = True  # Clip latent binary weights to [-1, 1] after each update.
+    # Learning-rate multiplier of the embedding and blocks (exit and MLM heads keep the full
+    # rate): below 1, a gentler fine-tuning of a pretrained body (`init_from`).
+    optim.body_lr_scale = 1.0
     optim.b1 = 0.9
     optim.b2 = 0.999
     return optim

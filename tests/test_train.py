@@ -75,6 +75,37 @@ def test_update_decays_only_float_weights_and_clips_latent_ones():
     assert float(jnp.max(params["dense"]["bias"])) > 1.0
 
 
+def test_body_lr_scale_scales_only_the_embedding_and_blocks():
+    params = {
+        "embed": {"token": {"binary_embedding": jnp.full((4, 3), 0.5)}},
+        "stages": {
+            "block": {"dense": {"kernel": jnp.full((2, 3, 3), 0.5)}},
+            "exit": {"logits": {"kernel": jnp.full((2, 3, 2), 0.5)}},
+        },
+    }
+    assert optim.body_mask(params) == {
+        "embed": {"token": {"binary_embedding": True}},
+        "stages": {"block": {"dense": {"kernel": True}}, "exit": {"logits": {"kernel": False}}},
+    }
+    grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
+
+    def first_update(body_lr_scale):
+        config = glue.get_config("task=rte,size=tiny")
+        config.optim.body_lr_scale = body_lr_scale
+        config.optim.warmup_fraction = 0.0
+        tx, _ = optim.create_optimizer(config, num_train_steps=10)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return updates
+
+    full, gentle = first_update(1.0), first_update(0.25)
+    quarter = jax.tree.map(lambda u: 0.25 * u, full)
+    # rtol: latent clipping recomputes the update as clip(p + u) - p.
+    chex.assert_trees_all_close(gentle["embed"], quarter["embed"], rtol=1e-4)
+    chex.assert_trees_all_close(gentle["stages"]["block"], quarter["stages"]["block"], rtol=1e-4)
+    chex.assert_trees_all_equal(gentle["stages"]["exit"], full["stages"]["exit"])
+    assert float(jnp.abs(full["stages"]["exit"]["logits"]["kernel"]).min()) > 0
+
+
 def test_schedule_warms_up_linearly_then_decays_to_zero():
     config = glue.get_config("task=rte")
     schedule = optim.learning_rate_schedule(config, num_train_steps=100)  # 6 warm-up steps.
