@@ -263,6 +263,15 @@ PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its
     "wnli": (("num_epochs", 3),),
 }
 
+# Five times the pretraining of the same recipe (`runs/pretrain-long/pretrain-float`, 5000 steps,
+# 10M tokens; its command is in experiments/results/pretrain_long.json), fine-tuned on the two
+# tasks of the issue's Must, two seeds: as above, and with the body's learning rate at a quarter
+# of the heads' (`optim.body_lr_scale`, gentler fine-tuning of what pretraining learned).
+PRETRAINED_LONG_WORKDIR = "runs/pretrain-long/pretrain-float"
+PRETRAINED_LONG_STEPS = 5000
+PRETRAINED_LONG_TASKS = ("stsb", "sst2")
+PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
+
 
 def pretrained(budget: str = "cpu") -> list[Run]:
     """Fine-tuned from the shared pretrained body vs from scratch (pre-LN, binarized), two seeds;
@@ -327,6 +336,34 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     (("task", task), ("start", start), ("precision", "float"), ("seed", "0")),
                 )
             )
+    for task in PRETRAINED_LONG_TASKS:
+        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
+        for suffix, extra in (
+            ("", ()),
+            ("-gentle", (("optim.body_lr_scale", PRETRAINED_GENTLE_BODY_LR_SCALE),)),
+        ):
+            for seed in PRETRAINED_SEEDS:
+                start = f"pretrained-long{suffix}"
+                runs.append(
+                    Run(
+                        f"{task}-{start.replace('pretrained-', 'pretrained')}-s{seed}",
+                        f"task={task}",
+                        (
+                            ("model.norm", "pre"),
+                            ("init_from", PRETRAINED_LONG_WORKDIR),
+                            *extra,
+                            ("seed", seed),
+                            *train_budget,
+                        ),
+                        (
+                            ("task", task),
+                            ("start", start),
+                            ("pretraining_steps", str(PRETRAINED_LONG_STEPS)),
+                            ("precision", "binary"),
+                            ("seed", str(seed)),
+                        ),
+                    )
+                )
     return runs
 
 
