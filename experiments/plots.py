@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,24 @@ def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
 
 def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
     """Binarized fine-tuned dev score (early and last exit) against the pretraining steps of the
-    body it started from (0: from scratch), one panel per task, every seed a point."""
+    body it started from (0: from scratch), one panel per task, every seed a point; runs with a
+    gentler body learning rate (`-gentle` starts) as separate crosses off the line."""
     binary = [r for r in rows if r.get("precision") == "binary"]
     tasks = [t for t in dict.fromkeys(r["task"] for r in binary)]
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
-        task_rows = [r for r in binary if r["task"] == task]
+        every = [r for r in binary if r["task"] == task]
+        task_rows = [r for r in every if "gentle" not in str(r.get("start"))]
+        gentle = [r for r in every if "gentle" in str(r.get("start"))]
+        if gentle:
+            scale = re.search(r"optim\.body_lr_scale=(\S+)", gentle[0]["overrides"])
+            ax.scatter(
+                [int(r["pretraining_steps"]) for r in gentle],
+                [r["early_exit"] for r in gentle],
+                marker="x",
+                color="black",
+                label=f"early exit, body lr x{scale.group(1) if scale else '?'}",
+            )
         for key, label, marker in (
             ("early_exit", "early exit", "o"),
             ("last_exit_best", "last exit", "s"),
