@@ -266,9 +266,11 @@ PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its
 # Five times the pretraining of the same recipe (`runs/pretrain-long/pretrain-float`, 5000 steps,
 # 10M tokens; its command is in experiments/results/pretrain_long.json), fine-tuned on the two
 # tasks of the issue's Must, two seeds: as above, and with the body's learning rate at a quarter
-# of the heads' (`optim.body_lr_scale`, gentler fine-tuning of what pretraining learned).
+# of the heads' (`optim.body_lr_scale`, gentler fine-tuning of what pretraining learned); and,
+# seed 0, from its half-way checkpoint.
 PRETRAINED_LONG_WORKDIR = "runs/pretrain-long/pretrain-float"
 PRETRAINED_LONG_STEPS = 5000
+PRETRAINED_LONG_CURVE_STEPS = (2500,)
 PRETRAINED_LONG_TASKS = ("stsb", "sst2")
 PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 
@@ -364,6 +366,27 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                         ),
                     )
                 )
+        for step in PRETRAINED_LONG_CURVE_STEPS:
+            runs.append(
+                Run(
+                    f"{task}-pretrainedlong{step}-s0",
+                    f"task={task}",
+                    (
+                        ("model.norm", "pre"),
+                        ("init_from", PRETRAINED_LONG_WORKDIR),
+                        ("init_from_step", step),
+                        ("seed", 0),
+                        *train_budget,
+                    ),
+                    (
+                        ("task", task),
+                        ("start", f"pretrained-long@{step}"),
+                        ("pretraining_steps", str(step)),
+                        ("precision", "binary"),
+                        ("seed", "0"),
+                    ),
+                )
+            )
     return runs
 
 

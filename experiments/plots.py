@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,40 +119,45 @@ def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
 
 def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
     """Binarized fine-tuned dev score (early and last exit) against the pretraining steps of the
-    body it started from (0: from scratch), one panel per task, every seed a point; runs with a
-    gentler body learning rate (`-gentle` starts) as separate crosses off the line."""
+    body it started from (0: from scratch), one panel per task, a line per pretraining run (the
+    `start` tag without its `@step`), every seed a point; runs with a gentler body learning rate
+    (`-gentle` starts) as separate crosses off the lines."""
     binary = [r for r in rows if r.get("precision") == "binary"]
     tasks = [t for t in dict.fromkeys(r["task"] for r in binary)]
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
-        every = [r for r in binary if r["task"] == task]
-        task_rows = [r for r in every if "gentle" not in str(r.get("start"))]
-        gentle = [r for r in every if "gentle" in str(r.get("start"))]
-        if gentle:
-            scale = re.search(r"optim\.body_lr_scale=(\S+)", gentle[0]["overrides"])
-            ax.scatter(
-                [int(r["pretraining_steps"]) for r in gentle],
-                [r["early_exit"] for r in gentle],
-                marker="x",
-                color="black",
-                label=f"early exit, body lr x{scale.group(1) if scale else '?'}",
-            )
-        for key, label, marker in (
-            ("early_exit", "early exit", "o"),
-            ("last_exit_best", "last exit", "s"),
-        ):
-            points = sorted((int(r.get("pretraining_steps", 0)), r[key]) for r in task_rows)
-            steps = sorted({s for s, _ in points})
-            means = [
-                sum(v for s, v in points if s == x) / sum(1 for s, _ in points if s == x)
-                for x in steps
-            ]
-            line = ax.plot(steps, means, label=f"{label} (mean)")[0]
-            ax.scatter(*zip(*points, strict=True), marker=marker, color=line.get_color(), alpha=0.5)
+        by_source: dict[str, list[dict[str, Any]]] = {}
+        for row in (r for r in binary if r["task"] == task):
+            by_source.setdefault(str(row.get("start")).split("@")[0], []).append(row)
+        scratch = by_source.pop("scratch", [])
+        for source, source_rows in by_source.items():
+            if "gentle" in source:
+                scale = re.search(r"optim\.body_lr_scale=(\S+)", source_rows[0]["overrides"])
+                ax.scatter(
+                    [int(r["pretraining_steps"]) for r in source_rows],
+                    [r["early_exit"] for r in source_rows],
+                    marker="x",
+                    color="black",
+                    label=f"early exit, {source}, body lr x{scale.group(1) if scale else '?'}",
+                )
+                continue
+            for key, label, marker in (
+                ("early_exit", "early exit", "o"),
+                ("last_exit_best", "last exit", "s"),
+            ):
+                points = sorted(
+                    (int(r.get("pretraining_steps", 0)), r[key]) for r in scratch + source_rows
+                )
+                steps = sorted({s for s, _ in points})
+                means = [float(np.mean([v for s, v in points if s == x])) for x in steps]
+                line = ax.plot(steps, means, label=f"{label}, {source} (mean)")[0]
+                ax.scatter(
+                    *zip(*points, strict=True), marker=marker, color=line.get_color(), alpha=0.5
+                )
         ax.set(title=task, xlabel="pretraining steps of the body (0: from scratch)")
-        ax.set_ylabel(f"dev {task_rows[0]['score']} (%)")
+        ax.set_ylabel(f"dev {(scratch or binary)[0]['score']} (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "pretraining_steps.png"
     fig.savefig(path, dpi=110)

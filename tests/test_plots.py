@@ -44,6 +44,7 @@ def test_pretraining_steps_plot_keeps_gentle_runs_off_the_line(tmp_path):
     rows = [
         _row("scratch", None, 18.0),
         _row("pretrained", 1000, 13.0),
+        _row("pretrained-long@2500", 2500, 16.0),
         _row("pretrained-long", 5000, 20.0),
         _row("pretrained-long-gentle", 5000, 25.0, "optim.body_lr_scale=0.25 seed=0"),
     ]
@@ -57,5 +58,11 @@ def test_pretraining_steps_plot_keeps_gentle_runs_off_the_line(tmp_path):
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert pathlib.Path(result["path"]).stat().st_size > 0
-    # The gentle run (25.0) is a separate marker, not part of the 5000-step mean.
-    assert result["drawn"]["early exit (mean)"] == [[0, 1000, 5000], [18.0, 13.0, 20.0]]
+    # A line per pretraining run, each from the scratch runs; the gentle run (25.0) is a separate
+    # marker, not part of the 5000-step mean.
+    assert result["drawn"]["early exit, pretrained (mean)"] == [[0, 1000], [18.0, 13.0]]
+    assert result["drawn"]["early exit, pretrained-long (mean)"] == [
+        [0, 2500, 5000],
+        [18.0, 16.0, 20.0],
+    ]
+    assert len(result["drawn"]) == 4  # Early and last exit of the two runs.
