@@ -65,6 +65,19 @@ COMMON = (
 )
 
 
+def script_command() -> str:
+    """This script's repo-relative command line, as the record names it."""
+    command = (
+        f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
+        f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}"
+    )
+    if _OVERRIDES.value:
+        command += f" --overrides={','.join(_OVERRIDES.value)}"
+    if _RECORD.value != _RECORD.default:
+        command += f" --record={_RECORD.value}"
+    return command
+
+
 def stage_command(name: str, overrides: tuple[tuple[str, object], ...]) -> list[str]:
     """The repo-relative command line of one stage."""
     root = relative(Path(_ROOT.value))
@@ -171,14 +184,8 @@ def main(argv: list[str]) -> None:
             record = {"command": shlex.join(cmd), "wall_seconds": elapsed}
             record_path.write_text(json.dumps(record))
         stages.append(collect(name, cmd, workdir))
-    command = (
-        f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
-        f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}"
-    )
-    if _OVERRIDES.value:
-        command += f" --overrides={','.join(_OVERRIDES.value)} --record={_RECORD.value}"
     out = {
-        "command": command,
+        "command": script_command(),
         "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count()},
         "load_average": os.getloadavg(),
         "stages": stages,

@@ -45,3 +45,16 @@ def test_a_probe_override_that_is_no_config_field_is_refused(item: str) -> None:
     result = stage_commands(f"--overrides={item}")
     assert result.returncode != 0
     assert "--overrides" in result.stderr.splitlines()[-1]
+
+
+def test_the_record_names_the_command_that_wrote_it() -> None:
+    code = (
+        "from absl import flags; from experiments import pretrain; import sys; "
+        "flags.FLAGS(['pretrain.py', *sys.argv[1:]]); print(pretrain.script_command())"
+    )
+    argv = ["--root=runs/long", "--steps=5000", "--stages=pretrain-float", "--record=long"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "python experiments/pretrain.py " + " ".join(argv)
