@@ -12,6 +12,7 @@ error (what one run's score could move by on another sample of the same size).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.stats import DEV_EXAMPLES, dev_standard_error  # noqa: E402
+
 RESULTS = REPO / "experiments/results"
 _TABLE = flags.DEFINE_string("table", str(RESULTS / "reproduction.json"), "Sweep rows JSON.")
 _SEED_TABLE = flags.DEFINE_string(
@@ -34,19 +39,6 @@ TARGETS = {
     "sst2": ">= 82.5",
     "wnli": "-",
 }
-
-# GLUE dev examples per task (../shared/data/README.md).
-DEV_EXAMPLES = {"cola": 1043, "mrpc": 408, "rte": 277, "stsb": 1500, "sst2": 872, "wnli": 71}
-CORRELATION_SCORES = ("matthews_corr", "mean(Pearson, Spearman)")
-
-
-def dev_standard_error(score_name: str, score: float, num_examples: int) -> float:
-    """Sampling standard error of a dev score in points: sqrt(p(1-p)/n) for a proportion (the
-    MRPC mean of F1 and accuracy taken as one), (1-r^2)/sqrt(n-1) for a correlation."""
-    value = score / 100
-    if score_name in CORRELATION_SCORES:
-        return 100 * (1 - value**2) / float(np.sqrt(num_examples - 1))
-    return 100 * float(np.sqrt(value * (1 - value) / num_examples))
 
 
 def dev_standard_errors(summaries: list[dict[str, Any]]) -> list[str]:

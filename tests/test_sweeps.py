@@ -249,3 +249,28 @@ def test_dev_standard_errors_are_binomial_for_proportions_and_fisher_like_for_co
     assert reproduction_table.dev_standard_errors(summaries) == [
         "- rte: 3.00 (accuracy, 277 examples)"
     ]
+
+
+def test_pretrained_table_judges_each_start_against_scratch_by_the_larger_standard_error():
+    from experiments import pretrained_table
+
+    def summary(start: str, early: float, std: float | None, n: int, steps: str = "") -> dict:
+        return {
+            "task": "sst2", "precision": "binary", "start": start, "n": n, "early_exit": early,
+            "early_exit_std": std, "last_exit_best": early - 1, "last_exit_best_std": std,
+            "score": "accuracy", "flops_saved_pct": 60.0, "pretraining_steps": steps,
+        }  # fmt: skip
+
+    lines = pretrained_table.comparison_lines(
+        [
+            summary("scratch", 78.0, 0.3, 2),
+            summary("pretrained", 75.0, 0.3, 2, "5000"),  # -3.0: dev SE 1.40, seed SE 0.30.
+            summary("pretrained@2500", 77.0, None, 1, "2500"),  # -1.0: within 2 dev SE.
+        ]
+    )
+    assert len(lines) == 4
+    assert lines[2] == (
+        "| sst2 | binary | pretrained | 5000 | 2 | 75.00 ± 0.30 | 74.00 ± 0.30 | 78.00 ± 0.30 "
+        "| -3.00 | 0.30 | 1.40 | worse | 60.0% |"
+    )
+    assert "| -1.00 | - | 1.40 | noise |" in lines[3]

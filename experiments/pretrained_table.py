@@ -1,0 +1,85 @@
+"""Prints the self-pretraining comparison of the results README from the committed sweep JSON.
+
+  python experiments/pretrained_table.py [--summaries=experiments/results/pretrained_seeds.json]
+
+Per task and precision, every fine-tuning start (a pretrained body, a checkpoint of it, a gentler
+body learning rate) against training from scratch at the same budget and seeds: early exit and
+last exit at its own best (mean ± std over seeds), the difference of the early exits, its
+standard error from the seeds and the dev set's sampling error, and a verdict: a difference under
+two of the larger standard error is noise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.stats import DEV_EXAMPLES, dev_standard_error  # noqa: E402
+
+_SUMMARIES = flags.DEFINE_string(
+    "summaries",
+    str(REPO / "experiments/results/pretrained_seeds.json"),
+    "Seed summaries of the `pretrained` sweep.",
+)
+
+
+def _score(summary: dict[str, Any], key: str) -> str:
+    std = summary.get(f"{key}_std")
+    return f"{summary[key]:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def comparison_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: each start against the scratch group of its task and precision."""
+    scratch = {(s["task"], s["precision"]): s for s in summaries if s["start"] == "scratch"}
+    lines = [
+        "| task | precision | start | pretraining steps | seeds | early exit | last exit (own best)"
+        " | scratch early exit | difference | seed SE | dev SE | verdict | FLOPs saved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for summary in summaries:
+        base = scratch.get((summary["task"], summary["precision"]))
+        if summary["start"] == "scratch" or base is None:
+            continue
+        difference = summary["early_exit"] - base["early_exit"]
+        stds = (summary["early_exit_std"], base["early_exit_std"])
+        seed_error = (
+            float(np.sqrt(stds[0] ** 2 / summary["n"] + stds[1] ** 2 / base["n"]))
+            if None not in stds
+            else None
+        )
+        dev_error = dev_standard_error(
+            summary["score"], base["early_exit"], DEV_EXAMPLES[summary["task"]]
+        )
+        error = max(dev_error, seed_error or 0.0)
+        if abs(difference) < 2 * error:
+            verdict = "noise"
+        else:
+            verdict = "better" if difference > 0 else "worse"
+        seed_text = f"{seed_error:.2f}" if seed_error is not None else "-"
+        lines.append(
+            f"| {summary['task']} | {summary['precision']} | {summary['start']} | "
+            f"{summary.get('pretraining_steps') or '-'} | {summary['n']} | "
+            f"{_score(summary, 'early_exit')} | {_score(summary, 'last_exit_best')} | "
+            f"{_score(base, 'early_exit')} | {difference:+.2f} | {seed_text} | {dev_error:.2f} | "
+            f"{verdict} | {summary['flops_saved_pct']:.1f}% |"
+        )
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    """Prints the comparison table."""
+    del argv
+    summaries = json.loads(Path(_SUMMARIES.value).read_text())
+    print("\n".join(comparison_lines(summaries)))
+
+
+if __name__ == "__main__":
+    app.run(main)
