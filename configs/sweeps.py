@@ -249,7 +249,6 @@ def recipe(budget: str = "cpu") -> list[Run]:
 # pretraining stage (experiments/pretrain.py --stages=pretrain-float,pretrain) was not run here:
 # the float stage itself was still at the word-frequency stage after its 1000 steps.
 PRETRAINED_WORKDIR = "runs/pretrain-float"
-PRETRAINED_FLOAT_WORKDIR = "runs/pretrain-float"  # Full-precision fine-tuning starts from it too.
 PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/pretrain.py --steps).
 PRETRAINED_SEEDS = (0, 1)
 PRETRAINED_CURVE_TASKS = ("stsb", "sst2")
@@ -271,6 +270,9 @@ PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its
 PRETRAINED_LONG_WORKDIR = "runs/pretrain-long/pretrain-float"
 PRETRAINED_LONG_STEPS = 5000
 PRETRAINED_LONG_CURVE_STEPS = (2500,)
+# The full-precision counterparts (seed 0) start from it too: does a float fine-tuning gain from
+# the body where the binarized one does not?
+PRETRAINED_FLOAT_WORKDIR = PRETRAINED_LONG_WORKDIR
 PRETRAINED_LONG_TASKS = ("stsb", "sst2")
 PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 
@@ -278,7 +280,8 @@ PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 def pretrained(budget: str = "cpu") -> list[Run]:
     """Fine-tuned from the shared pretrained body vs from scratch (pre-LN, binarized), two seeds;
     then, seed 0 only: from the pretraining run's half-way checkpoint (dev metric against
-    pretraining steps), and the full-precision counterparts (float body from the float stage)."""
+    pretraining steps), and the full-precision counterparts (from the long pretraining); then the
+    long pretraining's runs."""
     starts = {  # name: (overrides, tags)
         "scratch": ((), (("start", "scratch"),)),
         "pretrained": (
@@ -322,11 +325,12 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     ),
                 )
             )
-        for start, source in (("scratch", None), ("pretrained", PRETRAINED_FLOAT_WORKDIR)):
+        for start, source in (("scratch", None), ("pretrained-long", PRETRAINED_FLOAT_WORKDIR)):
             overrides = (("init_from", source),) if source else ()
+            steps = (("pretraining_steps", str(PRETRAINED_LONG_STEPS)),) if source else ()
             runs.append(
                 Run(
-                    f"{task}-float-{start}-s0",
+                    f"{task}-float-{start.replace('-', '')}-s0",
                     f"task={task}",
                     (
                         ("model.norm", "pre"),
@@ -335,7 +339,13 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                         ("seed", 0),
                         *train_budget,
                     ),
-                    (("task", task), ("start", start), ("precision", "float"), ("seed", "0")),
+                    (
+                        ("task", task),
+                        ("start", start),
+                        *steps,
+                        ("precision", "float"),
+                        ("seed", "0"),
+                    ),
                 )
             )
     for task in PRETRAINED_LONG_TASKS:
