@@ -16,13 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.stats import DEV_EXAMPLES, dev_standard_error  # noqa: E402
+from experiments.stats import (  # noqa: E402
+    DEV_EXAMPLES,
+    dev_standard_error,
+    seed_standard_error,
+)
 
 _SUMMARIES = flags.DEFINE_string(
     "summaries",
@@ -49,12 +52,7 @@ def comparison_lines(summaries: list[dict[str, Any]]) -> list[str]:
         if summary["start"] == "scratch" or base is None:
             continue
         difference = summary["early_exit"] - base["early_exit"]
-        stds = (summary["early_exit_std"], base["early_exit_std"])
-        seed_error = (
-            float(np.sqrt(stds[0] ** 2 / summary["n"] + stds[1] ** 2 / base["n"]))
-            if None not in stds
-            else None
-        )
+        seed_error = seed_standard_error(summary, base)
         dev_error = dev_standard_error(
             summary["score"], base["early_exit"], DEV_EXAMPLES[summary["task"]]
         )

@@ -16,13 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.stats import DEV_EXAMPLES, dev_standard_error  # noqa: E402
+from experiments.stats import (  # noqa: E402
+    DEV_EXAMPLES,
+    dev_standard_error,
+    seed_standard_error,
+)
 
 RESULTS = REPO / "experiments/results"
 _TABLE = flags.DEFINE_string("table", str(RESULTS / "reproduction.json"), "Sweep rows JSON.")
@@ -87,11 +90,10 @@ def precision_differences(summaries: list[dict[str, Any]]) -> list[str]:
         if precision != "binary" or full is None:
             continue
         difference = binary["early_exit"] - full["early_exit"]
-        stds = [s["early_exit_std"] for s in (binary, full)]
-        if None in stds:
+        error = seed_standard_error(binary, full)
+        if error is None:
             lines.append(f"- {task}: {difference:+.2f} (one seed on a side: no standard error)")
             continue
-        error = float(np.sqrt(stds[0] ** 2 / binary["n"] + stds[1] ** 2 / full["n"]))
         verdict = "within" if abs(difference) < 2 * error else "beyond"
         lines.append(f"- {task}: {difference:+.2f} (seed SE {error:.2f}: {verdict} 2 SE)")
     return lines

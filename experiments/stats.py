@@ -1,4 +1,4 @@
-"""Sampling error of GLUE dev scores, shared by the results tables."""
+"""Standard errors of GLUE dev scores and of their differences, shared by the results tables."""
 
 from __future__ import annotations
 
@@ -16,3 +16,12 @@ def dev_standard_error(score_name: str, score: float, num_examples: int) -> floa
     if score_name in CORRELATION_SCORES:
         return 100 * (1 - value**2) / float(np.sqrt(num_examples - 1))
     return 100 * float(np.sqrt(value * (1 - value) / num_examples))
+
+
+def seed_standard_error(a: dict, b: dict, key: str = "early_exit") -> float | None:
+    """Standard error of the difference of two seed summaries' means of `key`, from their sample
+    standard deviations; None when either side has a single seed."""
+    stds = (a[f"{key}_std"], b[f"{key}_std"])
+    if None in stds:
+        return None
+    return float(np.sqrt(stds[0] ** 2 / a["n"] + stds[1] ** 2 / b["n"]))
