@@ -268,10 +268,11 @@ PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its
 # 10M tokens; its command is in experiments/results/pretrain_long.json), fine-tuned on the two
 # tasks of the issue's Must, two seeds: as above, and with the body's learning rate at a quarter
 # of the heads' (`optim.body_lr_scale`, gentler fine-tuning of what pretraining learned); and,
-# seed 0, from its half-way checkpoint.
+# seed 0, from its half-way checkpoint. The other four tasks: seed 0 from the same body.
 PRETRAINED_LONG_WORKDIR = "runs/pretrain-long/pretrain-float"
 PRETRAINED_LONG_STEPS = 5000
 PRETRAINED_LONG_CURVE_STEPS = (2500,)
+PRETRAINED_LONG_OTHER_TASKS = ("wnli", "cola", "rte", "mrpc")  # Seed 0 only, from the same body.
 # The full-precision counterparts (seed 0) start from it too: does a float fine-tuning gain from
 # the body where the binarized one does not?
 PRETRAINED_FLOAT_WORKDIR = PRETRAINED_LONG_WORKDIR
@@ -399,6 +400,27 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     ),
                 )
             )
+    for task in PRETRAINED_LONG_OTHER_TASKS:
+        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
+        runs.append(
+            Run(
+                f"{task}-pretrainedlong-s0",
+                f"task={task}",
+                (
+                    ("model.norm", "pre"),
+                    ("init_from", PRETRAINED_LONG_WORKDIR),
+                    ("seed", 0),
+                    *train_budget,
+                ),
+                (
+                    ("task", task),
+                    ("start", "pretrained-long"),
+                    ("pretraining_steps", str(PRETRAINED_LONG_STEPS)),
+                    ("precision", "binary"),
+                    ("seed", "0"),
+                ),
+            )
+        )
     return runs
 
 
