@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -164,6 +165,8 @@ def main(argv: list[str]) -> None:
             raise
         # Failed background saves leave asyncio tasks that it reports at exit, after our line.
         std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+        # ...and write coroutines it never ran, which Python warns of when they are collected.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         sys.exit(f"ERROR: {message}")
 
 
