@@ -23,6 +23,7 @@ any other, so a run on an accelerator drops them (`--budget=full`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 # Tasks with train and dev files in ../shared/data/glue (QNLI train, QQP and MNLI are missing).
@@ -280,147 +281,103 @@ PRETRAINED_LONG_TASKS = ("stsb", "sst2")
 PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 
 
+def _pretrained_run(
+    name: str,
+    task: str,
+    budget: str,
+    seed: int,
+    start: str,
+    *,
+    source: str | None = None,
+    step: int | None = None,
+    steps_tag: int | None = None,
+    binarize: bool = True,
+    extra: tuple[tuple[str, object], ...] = (),
+) -> Run:
+    """One run of the `pretrained` sweep: pre-LN, from `source` (its checkpoint `step`) or from
+    scratch, with the CPU budget of its task."""
+    overrides = (("model.norm", "pre"),)
+    if not binarize:
+        overrides += (("model.binarize", False),)
+    if source:
+        overrides += (("init_from", source),)
+    if step is not None:
+        overrides += (("init_from_step", step),)
+    train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
+    tags = (("task", task), ("start", start))
+    if steps_tag is not None:
+        tags += (("pretraining_steps", str(steps_tag)),)
+    tags += (("precision", "binary" if binarize else "float"), ("seed", str(seed)))
+    return Run(name, f"task={task}", (*overrides, *extra, ("seed", seed), *train_budget), tags)
+
+
 def pretrained(budget: str = "cpu") -> list[Run]:
     """Fine-tuned from the shared pretrained body vs from scratch (pre-LN, binarized), two seeds;
     then, seed 0 only: from the pretraining run's half-way checkpoint (dev metric against
     pretraining steps), and the full-precision counterparts (from the long pretraining); then the
     long pretraining's runs."""
-    starts = {  # name: (overrides, tags)
-        "scratch": ((), (("start", "scratch"),)),
-        "pretrained": (
-            (("init_from", PRETRAINED_WORKDIR),),
-            (("start", "pretrained"), ("pretraining_steps", str(PRETRAINED_STEPS))),
-        ),
-    }
     runs = []
-    for task, task_budget in PRETRAINED_BUDGET.items():
-        train_budget = task_budget if budget == "cpu" else ()
+    for task in PRETRAINED_BUDGET:
         for seed in PRETRAINED_SEEDS:
-            for start, (overrides, tags) in starts.items():
-                runs.append(
-                    Run(
-                        f"{task}-{start}-s{seed}",
-                        f"task={task}",
-                        (("model.norm", "pre"), *overrides, ("seed", seed), *train_budget),
-                        (("task", task), *tags, ("precision", "binary"), ("seed", str(seed))),
-                    )
+            runs.append(_pretrained_run(f"{task}-scratch-s{seed}", task, budget, seed, "scratch"))
+            runs.append(
+                _pretrained_run(
+                    f"{task}-pretrained-s{seed}",
+                    task,
+                    budget,
+                    seed,
+                    "pretrained",
+                    source=PRETRAINED_WORKDIR,
+                    steps_tag=PRETRAINED_STEPS,
                 )
+            )
     for task in PRETRAINED_CURVE_TASKS:
-        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
         for step in PRETRAINED_CURVE_STEPS:
             runs.append(
-                Run(
+                _pretrained_run(
                     f"{task}-pretrained{step}-s0",
-                    f"task={task}",
-                    (
-                        ("model.norm", "pre"),
-                        ("init_from", PRETRAINED_WORKDIR),
-                        ("init_from_step", step),
-                        ("seed", 0),
-                        *train_budget,
-                    ),
-                    (
-                        ("task", task),
-                        ("start", f"pretrained@{step}"),
-                        ("pretraining_steps", str(step)),
-                        ("precision", "binary"),
-                        ("seed", "0"),
-                    ),
+                    task,
+                    budget,
+                    0,
+                    f"pretrained@{step}",
+                    source=PRETRAINED_WORKDIR,
+                    step=step,
+                    steps_tag=step,
                 )
             )
         for start, source in (("scratch", None), ("pretrained-long", PRETRAINED_FLOAT_WORKDIR)):
-            overrides = (("init_from", source),) if source else ()
-            steps = (("pretraining_steps", str(PRETRAINED_LONG_STEPS)),) if source else ()
             runs.append(
-                Run(
+                _pretrained_run(
                     f"{task}-float-{start.replace('-', '')}-s0",
-                    f"task={task}",
-                    (
-                        ("model.norm", "pre"),
-                        ("model.binarize", False),
-                        *overrides,
-                        ("seed", 0),
-                        *train_budget,
-                    ),
-                    (
-                        ("task", task),
-                        ("start", start),
-                        *steps,
-                        ("precision", "float"),
-                        ("seed", "0"),
-                    ),
+                    task,
+                    budget,
+                    0,
+                    start,
+                    source=source,
+                    steps_tag=PRETRAINED_LONG_STEPS if source else None,
+                    binarize=False,
                 )
             )
+    long_run = functools.partial(
+        _pretrained_run, source=PRETRAINED_LONG_WORKDIR, steps_tag=PRETRAINED_LONG_STEPS
+    )
+    gentle = (("optim.body_lr_scale", PRETRAINED_GENTLE_BODY_LR_SCALE),)
     for task in PRETRAINED_LONG_TASKS:
-        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
-        for suffix, extra in (
-            ("", ()),
-            ("-gentle", (("optim.body_lr_scale", PRETRAINED_GENTLE_BODY_LR_SCALE),)),
-        ):
-            for seed in PRETRAINED_SEEDS:
-                start = f"pretrained-long{suffix}"
-                runs.append(
-                    Run(
-                        f"{task}-{start.replace('pretrained-', 'pretrained')}-s{seed}",
-                        f"task={task}",
-                        (
-                            ("model.norm", "pre"),
-                            ("init_from", PRETRAINED_LONG_WORKDIR),
-                            *extra,
-                            ("seed", seed),
-                            *train_budget,
-                        ),
-                        (
-                            ("task", task),
-                            ("start", start),
-                            ("pretraining_steps", str(PRETRAINED_LONG_STEPS)),
-                            ("precision", "binary"),
-                            ("seed", str(seed)),
-                        ),
-                    )
-                )
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-pretrainedlong-s{seed}"
+            runs.append(long_run(name, task, budget, seed, "pretrained-long"))
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-pretrainedlong-gentle-s{seed}"
+            runs.append(long_run(name, task, budget, seed, "pretrained-long-gentle", extra=gentle))
         for step in PRETRAINED_LONG_CURVE_STEPS:
+            name = f"{task}-pretrainedlong{step}-s0"
             runs.append(
-                Run(
-                    f"{task}-pretrainedlong{step}-s0",
-                    f"task={task}",
-                    (
-                        ("model.norm", "pre"),
-                        ("init_from", PRETRAINED_LONG_WORKDIR),
-                        ("init_from_step", step),
-                        ("seed", 0),
-                        *train_budget,
-                    ),
-                    (
-                        ("task", task),
-                        ("start", f"pretrained-long@{step}"),
-                        ("pretraining_steps", str(step)),
-                        ("precision", "binary"),
-                        ("seed", "0"),
-                    ),
+                long_run(
+                    name, task, budget, 0, f"pretrained-long@{step}", step=step, steps_tag=step
                 )
             )
     for task in PRETRAINED_LONG_OTHER_TASKS:
-        train_budget = PRETRAINED_BUDGET[task] if budget == "cpu" else ()
-        runs.append(
-            Run(
-                f"{task}-pretrainedlong-s0",
-                f"task={task}",
-                (
-                    ("model.norm", "pre"),
-                    ("init_from", PRETRAINED_LONG_WORKDIR),
-                    ("seed", 0),
-                    *train_budget,
-                ),
-                (
-                    ("task", task),
-                    ("start", "pretrained-long"),
-                    ("pretraining_steps", str(PRETRAINED_LONG_STEPS)),
-                    ("precision", "binary"),
-                    ("seed", "0"),
-                ),
-            )
-        )
+        runs.append(long_run(f"{task}-pretrainedlong-s0", task, budget, 0, "pretrained-long"))
     return runs
 
 
