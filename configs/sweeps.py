@@ -279,6 +279,11 @@ PRETRAINED_LONG_OTHER_TASKS = ("wnli", "cola", "rte", "mrpc")  # Seed 0 only, fr
 PRETRAINED_FLOAT_WORKDIR = PRETRAINED_LONG_WORKDIR
 PRETRAINED_LONG_TASKS = ("stsb", "sst2")
 PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
+# The every-exit MLM probe's body (`runs/probe-every_exit/pretrain-float`, 1000 steps with the
+# MLM loss at every exit; experiments/results/pretrain_every_exit.json), fine-tuned on STS-B and
+# SST-2, two seeds: against the 1000-step body above, does a body whose early blocks were taught
+# to predict give the early exits (and so the early-exit metric) more?
+PRETRAINED_EVERY_EXIT_WORKDIR = "runs/probe-every_exit/pretrain-float"
 
 
 def _pretrained_run(
@@ -345,19 +350,23 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     steps_tag=step,
                 )
             )
-        for start, source in (("scratch", None), ("pretrained-long", PRETRAINED_FLOAT_WORKDIR)):
-            runs.append(
-                _pretrained_run(
-                    f"{task}-float-{start.replace('-', '')}-s0",
-                    task,
-                    budget,
-                    0,
-                    start,
-                    source=source,
-                    steps_tag=PRETRAINED_LONG_STEPS if source else None,
-                    binarize=False,
+        for seed in PRETRAINED_SEEDS:
+            for start, source in (
+                ("scratch", None),
+                ("pretrained-long", PRETRAINED_FLOAT_WORKDIR),
+            ):
+                runs.append(
+                    _pretrained_run(
+                        f"{task}-float-{start.replace('-', '')}-s{seed}",
+                        task,
+                        budget,
+                        seed,
+                        start,
+                        source=source,
+                        steps_tag=PRETRAINED_LONG_STEPS if source else None,
+                        binarize=False,
+                    )
                 )
-            )
     long_run = functools.partial(
         _pretrained_run, source=PRETRAINED_LONG_WORKDIR, steps_tag=PRETRAINED_LONG_STEPS
     )
@@ -377,7 +386,22 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                 )
             )
     for task in PRETRAINED_LONG_OTHER_TASKS:
-        runs.append(long_run(f"{task}-pretrainedlong-s0", task, budget, 0, "pretrained-long"))
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-pretrainedlong-s{seed}"
+            runs.append(long_run(name, task, budget, seed, "pretrained-long"))
+    for task in PRETRAINED_LONG_TASKS:
+        for seed in PRETRAINED_SEEDS:
+            runs.append(
+                _pretrained_run(
+                    f"{task}-pretrainedeveryexit-s{seed}",
+                    task,
+                    budget,
+                    seed,
+                    "pretrained-every-exit",
+                    source=PRETRAINED_EVERY_EXIT_WORKDIR,
+                    steps_tag=PRETRAINED_STEPS,
+                )
+            )
     return runs
 
 
