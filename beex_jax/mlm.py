@@ -40,6 +40,17 @@ class _BodyStage(nn.Module):
         return h, h
 
 
+def body_blocks(config: ModelConfig, num_layers: int, deterministic: bool, name: str) -> nn.Module:
+    """`num_layers` blocks scanned under `name`: (h, mask) -> (last output, every output)."""
+    return nn.scan(
+        _BodyStage,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast,
+        length=num_layers,
+    )(config, deterministic, name=name)
+
+
 class MaskedLM(nn.Module):
     """Token ids and prediction positions -> MLM logits [E, B, K, vocab] (E = 1 or num_layers)."""
 
@@ -61,14 +72,7 @@ class MaskedLM(nn.Module):
         chex.assert_rank(positions, 2)
         embed = Embedder(cfg, name="embed")
         h = embed(input_ids, segment_ids, deterministic=deterministic)
-        stages = nn.scan(
-            _BodyStage,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast,
-            length=cfg.num_layers,
-        )
-        last, every = stages(cfg, deterministic, name="stages")(h, mask)
+        last, every = body_blocks(cfg, cfg.num_layers, deterministic, "stages")(h, mask)
         hidden = every if self.every_exit else last[None]  # [E, B, T, d]
         picked = jnp.take_along_axis(hidden, positions[None, :, :, None], axis=2)  # [E, B, K, d]
         table = embed.variables["params"]["token"][bz.BINARY_EMBEDDING]
@@ -132,8 +136,7 @@ def init_params(
     return MaskedLM(config, every_exit).init(rng, ids, ids, jnp.ones_like(ids), positions)["params"]
 
 
-def with_output_bias(params: Params, bias: jax.Array) -> Params:
-    """`params` with the MLM head's output bias replaced by `bias` [vocab_size]."""
-    chex.assert_equal_shape([params["mlm_head"]["bias"], bias])
-    head = {**params["mlm_head"], "bias": jnp.asarray(bias, jnp.float32)}
-    return {**params, "mlm_head": head}
+def with_output_bias(params: Params, bias: jax.Array, head: str = "mlm_head") -> Params:
+    """`params` with the output bias of the MLM head `head` replaced by `bias` [vocab_size]."""
+    chex.assert_equal_shape([params[head]["bias"], bias])
+    return {**params, head: {**params[head], "bias": jnp.asarray(bias, jnp.float32)}}

@@ -14,10 +14,12 @@ of one run).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,6 +33,7 @@ from beex_jax import (
     checkpointing,
     config_fields,
     corruption,
+    electra,
     init_from,
     loop,
     mlm,
@@ -42,6 +45,7 @@ from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig
 
 BATCH_KEYS = ("input_ids", "segment_ids", "mask")
+Params = Any
 HELDOUT_SEED = 20241206  # Fixed masking of the held-out rows: every evaluation sees the same.
 
 
@@ -66,8 +70,39 @@ def prepare_vocab(config: ml_collections.ConfigDict, workdir: str, texts: list[s
     return path
 
 
-def make_loss_fn(model: mlm.MaskedLM, config: ml_collections.ConfigDict, token_ids: dict):
-    """(params, batch, rng) -> (MLM loss, metrics), masking the batch with the step's key."""
+OBJECTIVES = ("mlm", "electra")
+
+
+def create_model(config: ml_collections.ConfigDict) -> tuple[Any, Callable[..., Params]]:
+    """The pretraining model of `config.objective` and its `init(rng, length)` -> params."""
+    model_config = ModelConfig.from_config(config.model)
+    every_exit = bool(config.mlm.every_exit)
+    if config.objective == "mlm":
+        model = mlm.MaskedLM(model_config, every_exit=every_exit)
+        return model, functools.partial(mlm.init_params, model_config, every_exit=every_exit)
+    if config.objective == "electra":
+        generator_layers = int(config.electra.generator_layers)
+        model = electra.Electra(
+            model_config,
+            generator_layers=generator_layers,
+            temperature=float(config.electra.temperature),
+            every_exit=every_exit,
+        )
+        init = functools.partial(
+            electra.init_params,
+            model_config,
+            generator_layers=generator_layers,
+            every_exit=every_exit,
+        )
+        return model, init
+    raise config_fields.ConfigError(
+        f"Unknown config.objective={config.objective!r}; valid: {', '.join(OBJECTIVES)}."
+    )
+
+
+def make_loss_fn(model: Any, config: ml_collections.ConfigDict, token_ids: dict):
+    """(params, batch, rng) -> (loss, metrics), masking the batch with the step's key: the MLM
+    loss, or with ELECTRA the generator's MLM loss + `rtd_weight` x the discriminator's."""
     num_predictions = corruption.num_predictions(config.data.max_length, config.mlm.mask_rate)
     special_ids = tuple(token_ids[t] for t in tokenizer_lib.SPECIAL_TOKENS if t in token_ids)
 
@@ -86,16 +121,34 @@ def make_loss_fn(model: mlm.MaskedLM, config: ml_collections.ConfigDict, token_i
 
     def loss_fn(params, batch, rng, *, deterministic=False):
         masked = corrupt(jax.random.fold_in(rng, 1), batch)  # Dropout keeps `rng` itself.
-        logits = model.apply(
+        rngs = {} if deterministic else {"dropout": rng}
+        if config.objective == "mlm":
+            logits = model.apply(
+                {"params": params},
+                masked["input_ids"],
+                batch["segment_ids"],
+                batch["mask"],
+                masked["positions"],
+                deterministic=deterministic,
+                rngs=rngs or None,
+            )
+            return mlm.mlm_loss(logits, masked["targets"], masked["weights"])
+        generator_logits, sampled, rtd_logits = model.apply(
             {"params": params},
             masked["input_ids"],
             batch["segment_ids"],
             batch["mask"],
             masked["positions"],
             deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng},
+            rngs={**rngs, "sample": jax.random.fold_in(rng, 2)},
         )
-        return mlm.mlm_loss(logits, masked["targets"], masked["weights"])
+        generator_loss, metrics = mlm.mlm_loss(
+            generator_logits, masked["targets"], masked["weights"]
+        )
+        targets = electra.rtd_targets(sampled, batch["input_ids"])
+        discriminator_loss, rtd_metrics = electra.rtd_loss(rtd_logits, targets, batch["mask"])
+        loss = generator_loss + config.electra.rtd_weight * discriminator_loss
+        return loss, {**metrics, **rtd_metrics}
 
     return loss_fn
 
@@ -152,8 +205,7 @@ def _pretrain(
         num_train_steps = config.num_epochs * input_.steps_per_epoch
 
     # ------------------------------------------------------------------------------ model
-    model_config = ModelConfig.from_config(config.model)
-    model = mlm.MaskedLM(model_config, every_exit=config.mlm.every_exit)
+    model, init_model = create_model(config)
     tx, schedule = optim.create_optimizer(config, num_train_steps)
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     length = int(config.data.max_length)
@@ -166,9 +218,10 @@ def _pretrain(
         prior = corpus.log_unigram_prior(input_.train, input_.vocab_size, special_ids)
 
     def init(rng):
-        params = mlm.init_params(model_config, rng, length, config.mlm.every_exit)
+        params = init_model(rng, length)
         if prior is not None:
-            params = mlm.with_output_bias(params, prior)
+            head = "mlm_head" if config.objective == "mlm" else "generator_head"
+            params = mlm.with_output_bias(params, prior, head)
         return loop.TrainState(jnp.int32(0), params, tx.init(params), dropout_rng)
 
     start_params = None
@@ -196,12 +249,19 @@ def _pretrain(
             jax.device_get(heldout_step(params, sharding.global_batch(batch, mesh), i))
             for i, batch in enumerate(heldout)
         ]
-        counts = np.array([m["mlm_predictions"] for m in per_batch])
-        out: dict[str, Any] = {"mlm_predictions": int(counts.sum())}
-        for key in ("mlm_loss_per_exit", "mlm_accuracy_per_exit"):
-            value = np.average([m[key] for m in per_batch], axis=0, weights=counts)
-            out[key] = value.tolist()
-            out[key.replace("_per_exit", "")] = float(value[-1])  # The last block's.
+        out: dict[str, Any] = {}
+        for prefix, count_key in (("mlm", "mlm_predictions"), ("rtd", "rtd_tokens")):
+            if count_key not in per_batch[0]:
+                continue
+            counts = np.array([m[count_key] for m in per_batch])
+            out[count_key] = int(counts.sum())
+            for key in (f"{prefix}_loss_per_exit", f"{prefix}_accuracy_per_exit"):
+                value = np.average([m[key] for m in per_batch], axis=0, weights=counts)
+                out[key] = value.tolist()
+                out[key.replace("_per_exit", "")] = float(value[-1])  # The last block's.
+            if prefix == "rtd":
+                fractions = [m["replaced_fraction"] for m in per_batch]
+                out["replaced_fraction"] = float(np.average(fractions, weights=counts))
         return {"heldout": out}
 
     # ------------------------------------------------------------------------------ loop
@@ -243,7 +303,14 @@ def _pretrain(
             f"\n=== pretrain: {num_train_steps} steps ({summary['epochs']:.1f} passes over "
             f"{summary['corpus_tokens']} tokens), held-out masked-token accuracy "
             f"{heldout_metrics.get('mlm_accuracy', float('nan')):.4f}, loss "
-            f"{heldout_metrics.get('mlm_loss', float('nan')):.4f} ==="
+            f"{heldout_metrics.get('mlm_loss', float('nan')):.4f}"
+            + (
+                f", replaced-token detection accuracy {heldout_metrics['rtd_accuracy']:.4f} "
+                f"({heldout_metrics['replaced_fraction']:.4f} replaced)"
+                if "rtd_accuracy" in heldout_metrics
+                else ""
+            )
+            + " ==="
         )
     logging.info("Pretraining summary: %s", summary)
     return result.state, summary

@@ -69,6 +69,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.max_length = config.data.get_ref("max_length")
     config.model.vocab_size = config.data.get_ref("vocab_size")  # Set from the tokenizer.
 
+    # "mlm": BERT's masked-token prediction by the body. "electra": a small generator fills the
+    # masked positions and the body learns to tell, for every token, whether it was replaced
+    # (replaced-token detection: a loss on every token, not 15%; beex_jax/electra.py).
+    config.objective = "mlm"
+    config.electra = ml_collections.ConfigDict()
+    config.electra.generator_layers = 2  # The generator's blocks (the body has model.num_layers).
+    config.electra.rtd_weight = 50.0  # Weight of the detection loss against the generator's MLM.
+    config.electra.temperature = 1.0  # Of the generator's samples.
+
     config.mlm = ml_collections.ConfigDict()
     config.mlm.mask_rate = 0.15  # Share of the tokens of a row predicted.
     config.mlm.mask_token_rate = 0.8  # ...of which replaced by [MASK],

@@ -284,6 +284,12 @@ PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 # SST-2, two seeds: against the 1000-step body above, does a body whose early blocks were taught
 # to predict give the early exits (and so the early-exit metric) more?
 PRETRAINED_EVERY_EXIT_WORKDIR = "runs/probe-every_exit/pretrain-float"
+# ELECTRA-style replaced-token detection (`config.objective=electra`: every token carries a loss),
+# float pre-LN, 2500 steps (`python experiments/pretrain.py --root=runs/pretrain-electra
+# --steps=2500 --stages=pretrain-float --overrides=objective=electra --record=pretrain_electra`),
+# fine-tuned on STS-B and SST-2, two seeds.
+PRETRAINED_ELECTRA_WORKDIR = "runs/pretrain-electra/pretrain-float"
+PRETRAINED_ELECTRA_STEPS = 2500
 
 
 def _pretrained_run(
@@ -400,6 +406,17 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     "pretrained-every-exit",
                     source=PRETRAINED_EVERY_EXIT_WORKDIR,
                     steps_tag=PRETRAINED_STEPS,
+                )
+            )
+            runs.append(
+                _pretrained_run(
+                    f"{task}-pretrainedelectra-s{seed}",
+                    task,
+                    budget,
+                    seed,
+                    "pretrained-electra",
+                    source=PRETRAINED_ELECTRA_WORKDIR,
+                    steps_tag=PRETRAINED_ELECTRA_STEPS,
                 )
             )
     return runs

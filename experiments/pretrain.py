@@ -119,6 +119,11 @@ def finished(workdir: Path) -> bool:
     return summary.exists() and json.loads(summary.read_text())["step"] >= _STEPS.value
 
 
+# Held-out metrics kept in the record's curve: the MLM's (with ELECTRA: the generator's), and
+# the replaced-token detection of ELECTRA's body with the share of replaced tokens.
+CURVE_KEYS = ("mlm_accuracy", "mlm_loss", "rtd_accuracy", "rtd_loss", "replaced_fraction")
+
+
 def collect(name: str, cmd: list[str], workdir: Path) -> dict[str, Any]:
     """One stage's record: command, cost and held-out curve."""
     summary = json.loads((workdir / "summary.json").read_text())
@@ -126,8 +131,11 @@ def collect(name: str, cmd: list[str], workdir: Path) -> dict[str, Any]:
     curve = [
         {
             "step": r["step"],
-            "mlm_accuracy": r["heldout/mlm_accuracy"],
-            "mlm_loss": r["heldout/mlm_loss"],
+            **{
+                key: r[f"heldout/{key}"]
+                for key in CURVE_KEYS
+                if f"heldout/{key}" in r  # RTD ones only with config.objective=electra.
+            },
         }
         for r in records
         if "heldout/mlm_accuracy" in r
