@@ -269,11 +269,12 @@ PRETRAINED_BUDGET = {  # CPU budget: STS-B 3 epochs, SST-2 600 steps (19k of its
 # 10M tokens; its command is in experiments/results/pretrain_long.json), fine-tuned on the two
 # tasks of the issue's Must, two seeds: as above, and with the body's learning rate at a quarter
 # of the heads' (`optim.body_lr_scale`, gentler fine-tuning of what pretraining learned); and,
-# seed 0, from its half-way checkpoint. The other four tasks: seed 0 from the same body.
+# seed 0, from its half-way checkpoint. The other four tasks: two seeds from the same body, and
+# their full-precision counterparts (seed 0).
 PRETRAINED_LONG_WORKDIR = "runs/pretrain-long/pretrain-float"
 PRETRAINED_LONG_STEPS = 5000
 PRETRAINED_LONG_CURVE_STEPS = (2500,)
-PRETRAINED_LONG_OTHER_TASKS = ("wnli", "cola", "rte", "mrpc")  # Seed 0 only, from the same body.
+PRETRAINED_LONG_OTHER_TASKS = ("wnli", "cola", "rte", "mrpc")
 # The full-precision counterparts (seed 0) start from it too: does a float fine-tuning gain from
 # the body where the binarized one does not?
 PRETRAINED_FLOAT_WORKDIR = PRETRAINED_LONG_WORKDIR
@@ -395,6 +396,19 @@ def pretrained(budget: str = "cpu") -> list[Run]:
         for seed in PRETRAINED_SEEDS:
             name = f"{task}-pretrainedlong-s{seed}"
             runs.append(long_run(name, task, budget, seed, "pretrained-long"))
+        for start, source in (("scratch", None), ("pretrained-long", PRETRAINED_FLOAT_WORKDIR)):
+            runs.append(
+                _pretrained_run(
+                    f"{task}-float-{start.replace('-', '')}-s0",
+                    task,
+                    budget,
+                    0,
+                    start,
+                    source=source,
+                    steps_tag=PRETRAINED_LONG_STEPS if source else None,
+                    binarize=False,
+                )
+            )
     for task in PRETRAINED_LONG_TASKS:
         for seed in PRETRAINED_SEEDS:
             runs.append(
