@@ -37,7 +37,8 @@ class InitFromError(ValueError):
     """The workdir given as `config.init_from` cannot initialise this model."""
 
 
-def _source_config(path: str) -> ml_collections.ConfigDict:
+def source_config(path: str) -> ml_collections.ConfigDict:
+    """The config of the workdir `path` (its config.json), or a one-line InitFromError."""
     if not os.path.isdir(path):
         raise InitFromError(f"config.init_from={path} is not a folder.")
     config_file = os.path.join(path, checkpointing.CONFIG_FILE)
@@ -67,7 +68,7 @@ def apply_to_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if not config.get("init_from"):
         return config
     path = os.path.abspath(os.path.expanduser(config.init_from))
-    source = _source_config(path)
+    source = source_config(path)
     vocab = source_vocab(path)
     asked = config.data.vocab_file
     if asked and os.path.abspath(os.path.expanduser(asked)) != vocab:

@@ -94,7 +94,10 @@ class MultiHeadAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, return_weights: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Mixed values [B, T, d]; with `return_weights` also the attention weights [B, H, T, T]."""
         batch, length, dim = x.shape
         if dim % self.num_heads:
             raise ValueError(f"hidden_dim {dim} is not divisible by num_heads {self.num_heads}.")
@@ -109,7 +112,8 @@ class MultiHeadAttention(nn.Module):
         scores = jnp.where(keep, scores, jnp.finfo(scores.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
         mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, dim)
-        return self.dense(dim, name="out")(mixed)
+        out = self.dense(dim, name="out")(mixed)
+        return (out, weights) if return_weights else out
 
 
 class SLFN(nn.Module):
