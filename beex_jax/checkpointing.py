@@ -177,6 +177,23 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
+def with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with model fields added after it was written set to their defaults (a workdir
+    written before `model.position` existed used what is now its default)."""
+    if not isinstance(config.get("model"), Mapping):
+        return config
+    defaults = {
+        field.name: field.default
+        for field in dataclasses.fields(model_lib.ModelConfig)
+        if field.name in ADDED_MODEL_FIELDS
+    }
+    return {**config, "model": {**defaults, **config["model"]}}
+
+
+# Model fields younger than some workdirs; their defaults are what those workdirs ran.
+ADDED_MODEL_FIELDS = ("position",)
+
+
 def check_config_matches(
     config: ml_collections.ConfigDict, workdir: str, *, allow_change: bool = False
 ) -> None:
@@ -188,7 +205,7 @@ def check_config_matches(
     """
     if not (epath.Path(workdir) / CONFIG_FILE).exists():
         return
-    saved = read_config(workdir).to_dict()
+    saved = with_model_defaults(read_config(workdir).to_dict())
     current = json.loads(config.to_json_best_effort())
     diffs = [
         f"{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"

@@ -30,7 +30,7 @@ from beex_jax import checkpointing
 Params = Any
 VOCAB_FILE = "vocab.txt"  # The vocabulary a workdir's model was trained with.
 # Model fields that must agree between source and target (the others may differ: classes, ...).
-SHAPE_FIELDS = ("hidden_dim", "num_layers", "num_heads", "slfn_dim", "slfn", "norm")
+SHAPE_FIELDS = ("hidden_dim", "num_layers", "num_heads", "slfn_dim", "slfn", "norm", "position")
 
 
 class InitFromError(ValueError):
@@ -103,7 +103,7 @@ def apply_to_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 # Defaults of fields that older configs may lack.
-_DEFAULTS = {"norm": "post", "slfn": True}
+_DEFAULTS = {"norm": "post", "slfn": True, "position": "learned"}
 
 
 def load_params(path: str, step: int = -1) -> Params:

@@ -92,6 +92,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dense: Any  # functools.partial(BinaryDense, ...) carrying the binarization options.
     dtype: Dtype = jnp.float32
+    alibi: bool = False  # Subtract slope_h * |i - j| from head h's scores (`alibi_bias`).
 
     @nn.compact
     def __call__(
@@ -108,12 +109,21 @@ class MultiHeadAttention(nn.Module):
 
         q, k, v = heads("query"), heads("key"), heads("value")
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
+        if self.alibi:
+            scores = scores + alibi_bias(self.num_heads, length).astype(scores.dtype)[None]
         keep = mask[:, None, None, :].astype(bool)
         scores = jnp.where(keep, scores, jnp.finfo(scores.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
         mixed = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, dim)
         out = self.dense(dim, name="out")(mixed)
         return (out, weights) if return_weights else out
+
+
+def alibi_bias(num_heads: int, length: int) -> jax.Array:
+    """ALiBi's distance penalty, symmetric: -slope_h * |i - j| [H, T, T], slopes 2^(-8h/H)."""
+    slopes = 2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
+    distance = jnp.abs(jnp.arange(length)[:, None] - jnp.arange(length)[None, :])
+    return -slopes[:, None, None] * distance[None].astype(jnp.float32)
 
 
 class SLFN(nn.Module):

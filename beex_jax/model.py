@@ -23,6 +23,7 @@ from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHe
 
 Params = Any
 NORMS = ("post", "pre")
+POSITIONS = ("learned", "alibi")
 ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")  # Backends where "auto" computes in bfloat16.
 
 
@@ -44,6 +45,9 @@ class ModelConfig:
     binarize: bool = True
     slfn: bool = True
     norm: str = "post"  # post: LayerNorm after each residual add (the paper); pre: before.
+    # learned: a position table added to the token embedding (the paper); alibi: no table,
+    # attention penalised by distance (layers.alibi_bias), local from the first step.
+    position: str = "learned"
     surrogate: str = "approx_sign"
     scale: str = "per_channel"
     detach_scale: bool = False
@@ -110,13 +114,16 @@ class Embedder(nn.Module):
             h = nn.Dropout(cfg.embedding_dropout_rate, broadcast_dims=(2,), name="token_dropout")(
                 h, deterministic=deterministic
             )
-        positions = self.param(
-            "position_embedding",
-            nn.initializers.normal(stddev=0.02),
-            (cfg.max_length, cfg.hidden_dim),
-            jnp.float32,
-        )
-        h = h + positions[None, :length].astype(h.dtype)
+        if cfg.position not in POSITIONS:
+            raise ValueError(f"Unknown model.position {cfg.position!r}; valid: {POSITIONS}.")
+        if cfg.position == "learned":
+            positions = self.param(
+                "position_embedding",
+                nn.initializers.normal(stddev=0.02),
+                (cfg.max_length, cfg.hidden_dim),
+                jnp.float32,
+            )
+            h = h + positions[None, :length].astype(h.dtype)
         if cfg.type_vocab_size > 1:
             segments = nn.Embed(
                 cfg.type_vocab_size,
@@ -149,7 +156,9 @@ class Block(nn.Module):
         pre = cfg.norm == "pre"
 
         x = attention_norm(h) if pre else h
-        a = MultiHeadAttention(cfg.num_heads, dense, dtype=dtype, name="attention")(x, mask)
+        a = MultiHeadAttention(
+            cfg.num_heads, dense, dtype=dtype, alibi=cfg.position == "alibi", name="attention"
+        )(x, mask)
         a = nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)
         h = h + a if pre else attention_norm(h + a)
         x = slfn_norm(h) if pre else h

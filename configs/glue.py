@@ -176,6 +176,8 @@ def model_config(
     model.binarize = True  # False: the full-precision counterpart, same parameter tree.
     model.slfn = True  # False: plain binarized FFN (d -> 4d -> d, GELU) ablation.
     model.norm = "post"  # post: LayerNorm after each residual add (paper) | pre.
+    # learned: position table (paper) | alibi: attention penalised by distance, no table.
+    model.position = "learned"
     model.surrogate = "approx_sign"  # approx_sign | ste_clip | identity.
     model.scale = "per_channel"  # per_channel | per_tensor | none.
     model.detach_scale = False  # Stop the gradient through alpha.

@@ -292,6 +292,14 @@ PRETRAINED_EVERY_EXIT_WORKDIR = "runs/probe-every_exit/pretrain-float"
 # fine-tuned on STS-B and SST-2, two seeds.
 PRETRAINED_ELECTRA_WORKDIR = "runs/pretrain-electra/pretrain-float"
 PRETRAINED_ELECTRA_STEPS = 2500
+# ALiBi positions (`model.position=alibi`: attention penalised by distance, no position table),
+# which the attention probe points to (experiments/results/attention_probe.json: the bodies above
+# attend by token, not by position). MLM, float pre-LN, 1000 steps (`python
+# experiments/pretrain.py --root=runs/pretrain-alibi --steps=1000 --stages=pretrain-float
+# --overrides=model.position=alibi --record=pretrain_alibi`); fine-tuned on STS-B and SST-2, two
+# seeds, against the same ALiBi model from scratch (`scratch-alibi`).
+PRETRAINED_ALIBI_WORKDIR = "runs/pretrain-alibi/pretrain-float"
+PRETRAINED_ALIBI_STEPS = 1000
 
 
 def _pretrained_run(
@@ -432,6 +440,23 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     "pretrained-electra",
                     source=PRETRAINED_ELECTRA_WORKDIR,
                     steps_tag=PRETRAINED_ELECTRA_STEPS,
+                )
+            )
+    alibi = (("model.position", "alibi"),)
+    for task in PRETRAINED_LONG_TASKS:
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-scratch-alibi-s{seed}"
+            runs.append(_pretrained_run(name, task, budget, seed, "scratch-alibi", extra=alibi))
+            runs.append(
+                _pretrained_run(
+                    f"{task}-pretrainedalibi-s{seed}",
+                    task,
+                    budget,
+                    seed,
+                    "pretrained-alibi",
+                    source=PRETRAINED_ALIBI_WORKDIR,
+                    steps_tag=PRETRAINED_ALIBI_STEPS,
+                    extra=alibi,
                 )
             )
     return runs

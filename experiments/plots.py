@@ -131,6 +131,8 @@ def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
             by_source.setdefault(str(row.get("start")).split("@")[0], []).append(row)
         scratch = by_source.pop("scratch", [])
         for source, source_rows in by_source.items():
+            if source.startswith("scratch"):  # Another model from scratch: no pretraining axis.
+                continue
             if "gentle" in source:
                 scale = re.search(r"optim\.body_lr_scale=(\S+)", source_rows[0]["overrides"])
                 ax.scatter(

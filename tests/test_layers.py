@@ -124,10 +124,10 @@ def attention_inputs(seed: int = 10) -> tuple[np.ndarray, np.ndarray]:
     return x, mask
 
 
-@pytest.mark.parametrize("binarize", [True, False])
-def test_attention_matches_reference(binarize):
+@pytest.mark.parametrize(("binarize", "alibi"), [(True, False), (False, False), (True, True)])
+def test_attention_matches_reference(binarize, alibi):
     x, mask = attention_inputs()
-    module = MultiHeadAttention(2, functools.partial(BinaryDense, binarize=binarize))
+    module = MultiHeadAttention(2, functools.partial(BinaryDense, binarize=binarize), alibi=alibi)
     params, out = init_and_apply(module, x, mask)
     p = params["params"]
 
@@ -138,6 +138,9 @@ def test_attention_matches_reference(binarize):
 
     q, k, v = (dense(n, x).reshape(2, 5, 2, 4) for n in ("query", "key", "value"))
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    if alibi:  # Two heads: slopes 2^-4 and 2^-8 times the distance.
+        distance = np.abs(np.arange(5)[:, None] - np.arange(5)[None, :])
+        scores = scores - np.array([2.0**-4, 2.0**-8])[:, None, None] * distance
     scores = np.where(mask[:, None, None, :] == 1, scores, -np.inf)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)

@@ -115,7 +115,9 @@ def test_padding_invariance(tiny_params):
     assert float(jnp.max(jnp.abs(run(TINY, tiny_params, unmasked) - logits))) > 1e-3
 
 
-@pytest.mark.parametrize("overrides", [{"binarize": False}, {"slfn": False}])
+@pytest.mark.parametrize(
+    "overrides", [{"binarize": False}, {"slfn": False}, {"position": "alibi", "norm": "pre"}]
+)
 def test_variants_build_and_run(overrides):
     cfg = dataclasses.replace(TINY, **overrides)
     logits = run(cfg, random_params(cfg), batch(2, [6, 4], 6))  # Another shape: compiles anyway.
@@ -182,6 +184,14 @@ def test_stage_chain_equals_scan_forward(tiny_params):
     chex.assert_trees_all_close(
         jnp.stack(chained), run(TINY, tiny_params, inputs), atol=1e-5, rtol=1e-5
     )
+
+
+def test_alibi_has_no_position_table_and_unknown_positions_are_refused():
+    alibi = dataclasses.replace(TINY, position="alibi")
+    assert "position_embedding" not in param_shapes(alibi)["embed"]
+    assert "position_embedding" in param_shapes(TINY)["embed"]
+    with pytest.raises(ValueError, match=r"Unknown model\.position 'rope'"):
+        param_shapes(dataclasses.replace(TINY, position="rope"))
 
 
 def test_embedder_rejects_too_long_inputs():

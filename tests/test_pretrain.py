@@ -284,6 +284,7 @@ def test_fine_tuning_starts_from_the_pretrained_values(pretrained, tmp_path, tfd
     ("overrides", "message"),
     [
         ({"model.hidden_dim": 64}, "another model size.*hidden_dim 32 vs 64"),
+        ({"model.position": "alibi"}, "another model size.*position 'learned' vs 'alibi'"),
         ({"data.vocab_file": "VOCAB"}, "differs from the vocabulary of config.init_from"),
         ({"init_from_step": 3}, "has no checkpoint of step 3"),
     ],

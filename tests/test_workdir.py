@@ -138,6 +138,18 @@ def test_allowed_change_keeps_every_config_in_the_history(tmp_path):
     assert json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text())["seed"] == 3
 
 
+def test_a_workdir_older_than_a_model_field_resumes_with_its_default(tmp_path):
+    workdir, config = _saved(tmp_path)
+    path = tmp_path / checkpointing.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    del saved["model"]["position"]  # Written before model.position existed.
+    path.write_text(json.dumps(saved))
+    checkpointing.check_config_matches(config, workdir)
+    config.model.position = "alibi"
+    with pytest.raises(checkpointing.CheckpointError, match="different model"):
+        checkpointing.check_config_matches(config, workdir, allow_change=True)
+
+
 def test_model_change_is_refused_even_when_changes_are_allowed(tmp_path):
     workdir, config = _saved(tmp_path, **{"model.num_heads": 4})
     with pytest.raises(checkpointing.CheckpointError, match="different model"):
