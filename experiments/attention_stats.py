@@ -96,7 +96,10 @@ def attention_statistics(
                 {"params": block["attention_norm"]}, h
             )
         _, weights = MultiHeadAttention(
-            config.num_heads, config.dense(), dtype=config.activation_dtype
+            config.num_heads,
+            config.dense(),
+            dtype=config.activation_dtype,
+            alibi=config.position == "alibi",
         ).apply({"params": block["attention"]}, x, mask, return_weights=True)
         weights = weights.astype(jnp.float32)
         out.append(_statistics(weights, input_ids, mask, window, special_ids, separator_id))

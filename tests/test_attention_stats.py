@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +59,17 @@ def test_uniform_attention_matches_its_uniform_reference_and_a_trained_one_need_
         np.testing.assert_allclose(block["uniform_same_text_share"], (8 * 4 / 8 + 5) / 13)
         # One neighbour either side, not the token itself: 14 of row 1's, 8 of row 2's.
         np.testing.assert_allclose(block["uniform_near_share"], (14 / 8 + 8 / 5) / 13)
+    # The same blank queries and keys with ALiBi: the distance penalty alone makes it local.
+    alibi_config = dataclasses.replace(config, position="alibi")
+    alibi_params = {
+        **flat,
+        "embed": {k: v for k, v in flat["embed"].items() if k != "position_embedding"},
+    }
+    for block in attention_stats.attention_statistics(
+        alibi_config, alibi_params, IDS, IDS * 0, MASK, **kwargs
+    ):
+        assert block["near_share"] > block["uniform_near_share"] + 0.005
+        assert block["entropy"] < block["uniform_entropy"]
     sharp = jax.tree_util.tree_map_with_path(
         lambda path, x: 50 * x if any(getattr(k, "key", None) == "query" for k in path) else x,
         params,
