@@ -12,9 +12,10 @@
   recipe        issue 11's options one at a time (STS-B, RTE 3 epochs; SST-2 600 steps), 2 seeds.
   pretrained    fine-tuned from the self-pretrained body vs from scratch (pre-LN, binarized
                 and float), from a 1000-step and a 5000-step MLM pretraining, the every-exit MLM
-                body and an ELECTRA one. Measured: no gain at this CPU budget (1000 steps: STS-B
-                worse; 5000 steps: STS-B equal, SST-2 -2.2 within noise; a quarter body learning
-                rate clearly worse on both; every-exit and ELECTRA bodies no better).
+                body, an ELECTRA one and an ALiBi one (against ALiBi from scratch). Measured: no
+                gain at this CPU budget (1000 steps: STS-B worse; 5000 steps: STS-B equal, SST-2
+                -2.2 within noise; a quarter body learning rate clearly worse on both;
+                every-exit, ELECTRA and ALiBi bodies no better than scratch).
 
 Tables land in experiments/results/<sweep>.{md,csv,json}; experiments/results/README.md reads them.
 Budgets are sized for a 2-core CPU (each run about 30 minutes at most); they are overrides like
