@@ -121,27 +121,21 @@ def make_loss_fn(model: Any, config: ml_collections.ConfigDict, token_ids: dict)
 
     def loss_fn(params, batch, rng, *, deterministic=False):
         masked = corrupt(jax.random.fold_in(rng, 1), batch)  # Dropout keeps `rng` itself.
-        rngs = {} if deterministic else {"dropout": rng}
-        if config.objective == "mlm":
-            logits = model.apply(
-                {"params": params},
-                masked["input_ids"],
-                batch["segment_ids"],
-                batch["mask"],
-                masked["positions"],
-                deterministic=deterministic,
-                rngs=rngs or None,
-            )
-            return mlm.mlm_loss(logits, masked["targets"], masked["weights"])
-        generator_logits, sampled, rtd_logits = model.apply(
+        rngs = {"sample": jax.random.fold_in(rng, 2)}  # ELECTRA's generator samples.
+        if not deterministic:
+            rngs["dropout"] = rng
+        outputs = model.apply(
             {"params": params},
             masked["input_ids"],
             batch["segment_ids"],
             batch["mask"],
             masked["positions"],
             deterministic=deterministic,
-            rngs={**rngs, "sample": jax.random.fold_in(rng, 2)},
+            rngs=rngs,
         )
+        if config.objective == "mlm":
+            return mlm.mlm_loss(outputs, masked["targets"], masked["weights"])
+        generator_logits, sampled, rtd_logits = outputs
         generator_loss, metrics = mlm.mlm_loss(
             generator_logits, masked["targets"], masked["weights"]
         )
