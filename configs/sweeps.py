@@ -301,6 +301,16 @@ PRETRAINED_ELECTRA_STEPS = 2500
 # seeds, against the same ALiBi model from scratch (`scratch-alibi`).
 PRETRAINED_ALIBI_WORKDIR = "runs/pretrain-alibi/pretrain-float"
 PRETRAINED_ALIBI_STEPS = 1000
+# The same ALiBi stage for the 60-minute budget (`--root=runs/pretrain-alibi-long
+# --steps=5000 ... --record=pretrain_alibi_long`): two seeds from its last checkpoint, seed 0 from
+# its half-way one. Then a frozen-body probe (`optim.body_lr_scale=0`: only the exit heads learn),
+# seed 0, from that body and from the untrained ALiBi body, binarized and in full precision: do
+# the pretrained features carry more of the task than random ones, whatever fine-tuning then does
+# with them, and does binarizing the float body keep what they carry?
+PRETRAINED_ALIBI_LONG_WORKDIR = "runs/pretrain-alibi-long/pretrain-float"
+PRETRAINED_ALIBI_LONG_STEPS = 5000
+PRETRAINED_ALIBI_LONG_CURVE_STEPS = (2500,)
+FROZEN_BODY = (("optim.body_lr_scale", 0.0),)
 
 
 def _pretrained_run(
@@ -459,6 +469,34 @@ def pretrained(budget: str = "cpu") -> list[Run]:
                     steps_tag=PRETRAINED_ALIBI_STEPS,
                     extra=alibi,
                 )
+            )
+    alibi_long = functools.partial(
+        _pretrained_run,
+        source=PRETRAINED_ALIBI_LONG_WORKDIR,
+        steps_tag=PRETRAINED_ALIBI_LONG_STEPS,
+        extra=alibi,
+    )
+    for task in PRETRAINED_LONG_TASKS:
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-pretrainedalibilong-s{seed}"
+            runs.append(alibi_long(name, task, budget, seed, "pretrained-alibi-long"))
+        for step in PRETRAINED_ALIBI_LONG_CURVE_STEPS:
+            start = f"pretrained-alibi-long@{step}"
+            name = f"{task}-pretrainedalibilong{step}-s0"
+            runs.append(alibi_long(name, task, budget, 0, start, step=step, steps_tag=step))
+    frozen_alibi = (*alibi, *FROZEN_BODY)
+    for task in PRETRAINED_LONG_TASKS:
+        for binarize in (True, False):
+            precision = "" if binarize else "float-"
+            name = f"{task}-frozen-{precision}scratchalibi-s0"
+            start = "frozen-scratch-alibi"
+            runs.append(
+                _pretrained_run(name, task, budget, 0, start, binarize=binarize, extra=frozen_alibi)
+            )
+            name = f"{task}-frozen-{precision}pretrainedalibilong-s0"
+            start = "frozen-pretrained-alibi-long"
+            runs.append(
+                alibi_long(name, task, budget, 0, start, binarize=binarize, extra=frozen_alibi)
             )
     return runs
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ import numpy as np
 from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.stats import baseline_start  # noqa: E402
+
 RESULTS = REPO / "experiments/results"
 _POLICIES = flags.DEFINE_string("policies", str(RESULTS / "exit_policies.json"), "Policy JSON.")
 _SWEEP = flags.DEFINE_string("sweep", str(RESULTS / "reproduction.json"), "Sweep rows JSON.")
@@ -119,9 +124,10 @@ def plot_training_curves(rows: list[dict[str, Any]], out: Path) -> Path:
 
 def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
     """Binarized fine-tuned dev score (early and last exit) against the pretraining steps of the
-    body it started from (0: from scratch), one panel per task, a line per pretraining run (the
-    `start` tag without its `@step`), every seed a point; runs with a gentler body learning rate
-    (`-gentle` starts) as separate crosses off the lines."""
+    body it started from (0: the same model from scratch, `experiments.stats.baseline_start`), one
+    panel per task, a line per pretraining run (the `start` tag without its `@step`), every seed a
+    point; runs with a gentler body learning rate (`-gentle` starts) as separate crosses off the
+    lines; frozen-body probes are left out (another fine-tuning, in the table only)."""
     binary = [r for r in rows if r.get("precision") == "binary"]
     tasks = [t for t in dict.fromkeys(r["task"] for r in binary)]
     fig, axes = _grid(len(tasks))
@@ -129,10 +135,10 @@ def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
         by_source: dict[str, list[dict[str, Any]]] = {}
         for row in (r for r in binary if r["task"] == task):
             by_source.setdefault(str(row.get("start")).split("@")[0], []).append(row)
-        scratch = by_source.pop("scratch", [])
         for source, source_rows in by_source.items():
-            if source.startswith("scratch"):  # Another model from scratch: no pretraining axis.
+            if source.startswith(("scratch", "frozen-")):  # No pretraining axis of its own.
                 continue
+            scratch = by_source.get(baseline_start(source) or "", [])
             if "gentle" in source:
                 scale = re.search(r"optim\.body_lr_scale=(\S+)", source_rows[0]["overrides"])
                 ax.scatter(
@@ -157,7 +163,7 @@ def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
                     *zip(*points, strict=True), marker=marker, color=line.get_color(), alpha=0.5
                 )
         ax.set(title=task, xlabel="pretraining steps of the body (0: from scratch)")
-        ax.set_ylabel(f"dev {(scratch or binary)[0]['score']} (%)")
+        ax.set_ylabel(f"dev {next(r for r in binary if r['task'] == task)['score']} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

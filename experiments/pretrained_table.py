@@ -3,7 +3,8 @@
   python experiments/pretrained_table.py [--summaries=experiments/results/pretrained_seeds.json]
 
 Per task and precision, every fine-tuning start (a pretrained body, a checkpoint of it, a gentler
-body learning rate) against training from scratch at the same budget and seeds: early exit and
+or frozen body) against its baseline (`experiments.stats.baseline_start`: the same model from
+scratch, or frozen untrained) at the same budget and seeds: early exit and
 last exit at its own best (mean ± std over seeds), the difference of the early exits, its
 standard error from the seeds and the dev set's sampling error, and a verdict: a difference under
 two of the larger standard error is noise.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from experiments.stats import (  # noqa: E402
     DEV_EXAMPLES,
+    baseline_start,
     dev_standard_error,
     seed_standard_error,
 )
@@ -40,16 +42,18 @@ def _score(summary: dict[str, Any], key: str) -> str:
 
 
 def comparison_lines(summaries: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows: each start against the scratch group of its task and precision."""
-    scratch = {(s["task"], s["precision"]): s for s in summaries if s["start"] == "scratch"}
+    """Markdown rows: each start against its baseline start of the same task and precision."""
+    by_start = {(s["task"], s["precision"], s["start"]): s for s in summaries}
     lines = [
         "| task | precision | start | pretraining steps | seeds | early exit | last exit (own best)"
-        " | scratch early exit | difference | seed SE | dev SE | verdict | FLOPs saved |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | baseline | baseline early exit | difference | seed SE | dev SE | verdict"
+        " | FLOPs saved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for summary in summaries:
-        base = scratch.get((summary["task"], summary["precision"]))
-        if summary["start"] == "scratch" or base is None:
+        baseline = baseline_start(summary["start"])
+        base = by_start.get((summary["task"], summary["precision"], baseline))
+        if base is None:
             continue
         difference = summary["early_exit"] - base["early_exit"]
         seed_error = seed_standard_error(summary, base)
@@ -66,8 +70,8 @@ def comparison_lines(summaries: list[dict[str, Any]]) -> list[str]:
             f"| {summary['task']} | {summary['precision']} | {summary['start']} | "
             f"{summary.get('pretraining_steps') or '-'} | {summary['n']} | "
             f"{_score(summary, 'early_exit')} | {_score(summary, 'last_exit_best')} | "
-            f"{_score(base, 'early_exit')} | {difference:+.2f} | {seed_text} | {dev_error:.2f} | "
-            f"{verdict} | {summary['flops_saved_pct']:.1f}% |"
+            f"{baseline} | {_score(base, 'early_exit')} | {difference:+.2f} | {seed_text} | "
+            f"{dev_error:.2f} | {verdict} | {summary['flops_saved_pct']:.1f}% |"
         )
     return lines
 

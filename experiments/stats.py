@@ -25,3 +25,18 @@ def seed_standard_error(a: dict, b: dict, key: str = "early_exit") -> float | No
     if None in stds:
         return None
     return float(np.sqrt(stds[0] ** 2 / a["n"] + stds[1] ** 2 / b["n"]))
+
+
+def baseline_start(start: str) -> str | None:
+    """The `pretrained` sweep's start a fine-tuning start is compared against: the same model
+    from scratch (`scratch-alibi` for ALiBi bodies, `scratch` otherwise), a frozen body against
+    the frozen untrained body, a frozen untrained body against training it; None for `scratch`.
+    """
+    if start == "scratch":
+        return None
+    if start.startswith("frozen-"):
+        rest = start.removeprefix("frozen-")
+        return rest if rest.startswith("scratch") else f"frozen-{baseline_start(rest)}"
+    if start.startswith("scratch"):
+        return "scratch"
+    return "scratch-alibi" if "alibi" in start else "scratch"

@@ -47,6 +47,9 @@ def test_pretraining_steps_plot_keeps_gentle_runs_off_the_line(tmp_path):
         _row("pretrained-long@2500", 2500, 16.0),
         _row("pretrained-long", 5000, 20.0),
         _row("pretrained-long-gentle", 5000, 25.0, "optim.body_lr_scale=0.25 seed=0"),
+        _row("scratch-alibi", None, 30.0),
+        _row("pretrained-alibi", 1000, 31.0),
+        _row("frozen-pretrained-alibi", 1000, 5.0),
     ]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
@@ -65,4 +68,6 @@ def test_pretraining_steps_plot_keeps_gentle_runs_off_the_line(tmp_path):
         [0, 2500, 5000],
         [18.0, 16.0, 20.0],
     ]
-    assert len(result["drawn"]) == 4  # Early and last exit of the two runs.
+    # An ALiBi body starts from the ALiBi model from scratch; a frozen-body probe is not drawn.
+    assert result["drawn"]["early exit, pretrained-alibi (mean)"] == [[0, 1000], [30.0, 31.0]]
+    assert len(result["drawn"]) == 6  # Early and last exit of the three runs.

@@ -251,7 +251,7 @@ def test_dev_standard_errors_are_binomial_for_proportions_and_fisher_like_for_co
     ]
 
 
-def test_pretrained_table_judges_each_start_against_scratch_by_the_larger_standard_error():
+def test_pretrained_table_judges_each_start_against_its_baseline_by_the_larger_standard_error():
     from experiments import pretrained_table
 
     def summary(start: str, early: float, std: float | None, n: int, steps: str = "") -> dict:
@@ -266,11 +266,31 @@ def test_pretrained_table_judges_each_start_against_scratch_by_the_larger_standa
             summary("scratch", 78.0, 0.3, 2),
             summary("pretrained", 75.0, 0.3, 2, "5000"),  # -3.0: dev SE 1.40, seed SE 0.30.
             summary("pretrained@2500", 77.0, None, 1, "2500"),  # -1.0: within 2 dev SE.
+            summary("scratch-alibi", 81.0, 0.3, 2),  # +3.0 against scratch.
+            summary("pretrained-alibi", 84.0, 0.3, 2, "1000"),  # +3.0 against scratch-alibi.
+            summary("frozen-scratch-alibi", 70.0, None, 1),  # -11.0 against scratch-alibi.
+            summary("frozen-pretrained-alibi", 71.0, None, 1, "1000"),  # +1.0: frozen untrained.
         ]
     )
-    assert len(lines) == 4
+    assert len(lines) == 8
     assert lines[2] == (
-        "| sst2 | binary | pretrained | 5000 | 2 | 75.00 ± 0.30 | 74.00 ± 0.30 | 78.00 ± 0.30 "
-        "| -3.00 | 0.30 | 1.40 | worse | 60.0% |"
+        "| sst2 | binary | pretrained | 5000 | 2 | 75.00 ± 0.30 | 74.00 ± 0.30 | scratch "
+        "| 78.00 ± 0.30 | -3.00 | 0.30 | 1.40 | worse | 60.0% |"
     )
     assert "| -1.00 | - | 1.40 | noise |" in lines[3]
+    assert "| scratch-alibi | - | 2 |" in lines[4]
+    assert "| scratch | 78.00 ± 0.30 | +3.00 |" in lines[4]
+    assert "| scratch-alibi | 81.00 ± 0.30 | +3.00 | 0.30 | 1.33 | better |" in lines[5]
+    assert "| scratch-alibi | 81.00 ± 0.30 | -11.00 | - |" in lines[6]
+    assert "| frozen-scratch-alibi | 70.00 | +1.00 | - |" in lines[7]
+
+
+def test_baseline_start_is_the_same_model_untrained_or_from_scratch():
+    from experiments.stats import baseline_start
+
+    assert baseline_start("scratch") is None
+    assert baseline_start("pretrained-long@2500") == "scratch"
+    assert baseline_start("scratch-alibi") == "scratch"
+    assert baseline_start("pretrained-alibi-long@2500") == "scratch-alibi"
+    assert baseline_start("frozen-scratch-alibi") == "scratch-alibi"
+    assert baseline_start("frozen-pretrained-alibi-long") == "frozen-scratch-alibi"
