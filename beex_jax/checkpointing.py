@@ -177,21 +177,24 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     ]
 
 
-def with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with model fields added after it was written set to their defaults (a workdir
-    written before `model.position` existed used what is now its default)."""
-    if not isinstance(config.get("model"), Mapping):
-        return config
-    defaults = {
+def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with fields added after it was written set to their defaults (a workdir written
+    before `model.position` or `optim.layer_decay` existed ran what is now its default)."""
+    model_defaults = {
         field.name: field.default
         for field in dataclasses.fields(model_lib.ModelConfig)
         if field.name in ADDED_MODEL_FIELDS
     }
-    return {**config, "model": {**defaults, **config["model"]}}
+    config = dict(config)
+    for section, defaults in (("model", model_defaults), ("optim", ADDED_OPTIM_FIELDS)):
+        if isinstance(config.get(section), Mapping):
+            config[section] = {**defaults, **config[section]}
+    return config
 
 
-# Model fields younger than some workdirs; their defaults are what those workdirs ran.
+# Fields younger than some workdirs; their defaults are what those workdirs ran.
 ADDED_MODEL_FIELDS = ("position",)
+ADDED_OPTIM_FIELDS = {"layer_decay": 1.0}
 
 
 def check_config_matches(
@@ -205,7 +208,7 @@ def check_config_matches(
     """
     if not (epath.Path(workdir) / CONFIG_FILE).exists():
         return
-    saved = with_model_defaults(read_config(workdir).to_dict())
+    saved = with_added_defaults(read_config(workdir).to_dict())
     current = json.loads(config.to_json_best_effort())
     diffs = [
         f"{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"

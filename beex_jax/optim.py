@@ -44,14 +44,51 @@ def decay_mask(params: Params, *, binarized: bool = True) -> Params:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def _path_name(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
 def body_mask(params: Params) -> Params:
     """True on the embedding and block parameters (the body), False on exit and MLM heads."""
 
     def in_body(path, _):
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        return name.startswith(BODY_PREFIXES)
+        return _path_name(path).startswith(BODY_PREFIXES)
 
     return jax.tree_util.tree_map_with_path(in_body, params)
+
+
+def layer_decay_scales(params: Params, decay: float) -> Params:
+    """Per-leaf learning-rate multipliers of layer-wise decay: block i of L (0-based, stacked on
+    the leading axis) gets `decay ** (L - i)`, the embedding `decay ** (L + 1)`, exit and MLM
+    heads 1 (so the top block moves most, the embedding least)."""
+    num_blocks = None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if _path_name(path).startswith("stages/block/"):
+            num_blocks = leaf.shape[0]
+            break
+
+    def scale(path, leaf):
+        name = _path_name(path)
+        if name.startswith("stages/block/"):
+            depth = jnp.arange(leaf.shape[0], dtype=jnp.float32)
+            factors = decay ** (leaf.shape[0] - depth)
+            return factors.reshape((-1,) + (1,) * (leaf.ndim - 1))
+        if name.startswith("embed/") and num_blocks is not None:
+            return jnp.asarray(decay ** (num_blocks + 1), jnp.float32)
+        return jnp.ones((), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+    """Multiplies each update by its `layer_decay_scales` factor."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        scales = layer_decay_scales(updates, decay)
+        return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def learning_rate_schedule(
@@ -75,6 +112,8 @@ def create_optimizer(
 
     With `optim.body_lr_scale` != 1 the body's updates (weight decay included) are scaled by it:
     a gentler learning rate for a pretrained embedding and blocks than for the fresh exit heads.
+    With `optim.layer_decay` < 1 the rate also falls by that factor per block below the top one
+    (`layer_decay_scales`), composing with `body_lr_scale`.
     """
     schedule = learning_rate_schedule(config, num_train_steps)
     parts = []
@@ -91,6 +130,8 @@ def create_optimizer(
     )
     if config.optim.body_lr_scale != 1.0:
         parts.append(optax.masked(optax.scale(config.optim.body_lr_scale), body_mask))
+    if config.optim.layer_decay != 1.0:
+        parts.append(scale_by_layer_decay(config.optim.layer_decay))
     if config.optim.clip_latent and config.model.binarize:
         parts.append(bz.clip_latent_weights(1.0))
     return optax.chain(*parts), schedule

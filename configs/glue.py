@@ -198,6 +198,9 @@ def optim_config() -> ml_collections.ConfigDict:
     # Learning-rate multiplier of the embedding and blocks (exit and MLM heads keep the full
     # rate): below 1, a gentler fine-tuning of a pretrained body (`init_from`).
     optim.body_lr_scale = 1.0
+    # Layer-wise learning-rate decay: block i of L gets decay ** (L - i) of the rate, the
+    # embedding decay ** (L + 1), the heads 1 (ELECTRA-style fine-tuning of a pretrained body).
+    optim.layer_decay = 1.0
     optim.b1 = 0.9
     optim.b2 = 0.999
     return optim

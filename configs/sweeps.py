@@ -311,6 +311,9 @@ PRETRAINED_ALIBI_LONG_WORKDIR = "runs/pretrain-alibi-long/pretrain-float"
 PRETRAINED_ALIBI_LONG_STEPS = 5000
 PRETRAINED_ALIBI_LONG_CURVE_STEPS = (2500,)
 FROZEN_BODY = (("optim.body_lr_scale", 0.0),)
+# Layer-wise learning-rate decay from that body (`optim.layer_decay`, ELECTRA-small's 0.8: the
+# top block at 0.8 of the heads' rate, the bottom one at 0.26, the embedding at 0.21), two seeds.
+PRETRAINED_LAYER_DECAY = 0.8
 
 
 def _pretrained_run(
@@ -484,6 +487,12 @@ def pretrained(budget: str = "cpu") -> list[Run]:
             start = f"pretrained-alibi-long@{step}"
             name = f"{task}-pretrainedalibilong{step}-s0"
             runs.append(alibi_long(name, task, budget, 0, start, step=step, steps_tag=step))
+    layer_decay = (*alibi, ("optim.layer_decay", PRETRAINED_LAYER_DECAY))
+    for task in PRETRAINED_LONG_TASKS:
+        for seed in PRETRAINED_SEEDS:
+            name = f"{task}-pretrainedalibilong-layerdecay-s{seed}"
+            start = "pretrained-alibi-long-layerdecay"
+            runs.append(alibi_long(name, task, budget, seed, start, extra=layer_decay))
     frozen_alibi = (*alibi, *FROZEN_BODY)
     for task in PRETRAINED_LONG_TASKS:
         for binarize in (True, False):

@@ -126,8 +126,9 @@ def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
     """Binarized fine-tuned dev score (early and last exit) against the pretraining steps of the
     body it started from (0: the same model from scratch, `experiments.stats.baseline_start`), one
     panel per task, a line per pretraining run (the `start` tag without its `@step`), every seed a
-    point; runs with a gentler body learning rate (`-gentle` starts) as separate crosses off the
-    lines; frozen-body probes are left out (another fine-tuning, in the table only)."""
+    point; runs with a gentler body learning rate (`-gentle`, `-layerdecay` starts) as separate
+    crosses off the lines; frozen-body probes are left out (another fine-tuning, in the table
+    only)."""
     binary = [r for r in rows if r.get("precision") == "binary"]
     tasks = [t for t in dict.fromkeys(r["task"] for r in binary)]
     fig, axes = _grid(len(tasks))
@@ -139,14 +140,17 @@ def plot_pretraining_steps(rows: list[dict[str, Any]], out: Path) -> Path:
             if source.startswith(("scratch", "frozen-")):  # No pretraining axis of its own.
                 continue
             scratch = by_source.get(baseline_start(source) or "", [])
-            if "gentle" in source:
-                scale = re.search(r"optim\.body_lr_scale=(\S+)", source_rows[0]["overrides"])
+            if "gentle" in source or "layerdecay" in source:
+                scale = re.search(
+                    r"optim\.(body_lr_scale|layer_decay)=(\S+)", source_rows[0]["overrides"]
+                )
                 ax.scatter(
                     [int(r["pretraining_steps"]) for r in source_rows],
                     [r["early_exit"] for r in source_rows],
-                    marker="x",
+                    marker="x" if "gentle" in source else "+",
                     color="black",
-                    label=f"early exit, {source}, body lr x{scale.group(1) if scale else '?'}",
+                    label=f"early exit, {source}"
+                    + (f", {scale.group(1)} {scale.group(2)}" if scale else ""),
                 )
                 continue
             for key, label, marker in (

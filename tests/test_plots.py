@@ -50,6 +50,7 @@ def test_pretraining_steps_plot_keeps_gentle_runs_off_the_line(tmp_path):
         _row("scratch-alibi", None, 30.0),
         _row("pretrained-alibi", 1000, 31.0),
         _row("frozen-pretrained-alibi", 1000, 5.0),
+        _row("pretrained-alibi-layerdecay", 1000, 40.0, "optim.layer_decay=0.8 seed=0"),
     ]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],

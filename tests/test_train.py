@@ -106,6 +106,44 @@ def test_body_lr_scale_scales_only_the_embedding_and_blocks():
     assert float(jnp.abs(full["stages"]["exit"]["logits"]["kernel"]).min()) > 0
 
 
+def test_layer_decay_scales_blocks_by_depth_and_the_embedding_most():
+    params = {
+        "embed": {"token": {"binary_embedding": jnp.full((4, 3), 0.5)}},
+        "stages": {
+            "block": {"dense": {"kernel": jnp.full((3, 2, 2), 0.5)}},
+            "exit": {"logits": {"kernel": jnp.full((3, 2, 2), 0.5)}},
+        },
+    }
+    scales = optim.layer_decay_scales(params, 0.5)
+    # Three blocks: 0.5^3, 0.5^2, 0.5^1 from the bottom; the embedding 0.5^4; the exits 1.
+    np.testing.assert_allclose(
+        scales["stages"]["block"]["dense"]["kernel"][:, 0, 0], [1 / 8, 1 / 4, 1 / 2]
+    )
+    np.testing.assert_allclose(scales["embed"]["token"]["binary_embedding"], 1 / 16)
+    np.testing.assert_allclose(scales["stages"]["exit"]["logits"]["kernel"], 1.0)
+    grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
+
+    def first_update(layer_decay, body_lr_scale=1.0):
+        config = glue.get_config("task=rte,size=tiny")
+        config.optim.layer_decay = layer_decay
+        config.optim.body_lr_scale = body_lr_scale
+        config.optim.warmup_fraction = 0.0
+        tx, _ = optim.create_optimizer(config, num_train_steps=10)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    full, decayed = first_update(1.0), first_update(0.5)
+    expected = jax.tree.map(lambda u, f: u * f, full, scales)
+    chex.assert_trees_all_close(decayed, expected, rtol=1e-4)
+    # It composes with the body-wide scale.
+    both = first_update(0.5, body_lr_scale=0.5)
+    chex.assert_trees_all_close(
+        both["stages"]["block"],
+        jax.tree.map(lambda u: 0.5 * u, decayed["stages"]["block"]),
+        rtol=1e-4,
+    )
+    chex.assert_trees_all_equal(both["stages"]["exit"], full["stages"]["exit"])
+
+
 def test_schedule_warms_up_linearly_then_decays_to_zero():
     config = glue.get_config("task=rte")
     schedule = optim.learning_rate_schedule(config, num_train_steps=100)  # 6 warm-up steps.

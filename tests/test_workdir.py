@@ -138,13 +138,17 @@ def test_allowed_change_keeps_every_config_in_the_history(tmp_path):
     assert json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text())["seed"] == 3
 
 
-def test_a_workdir_older_than_a_model_field_resumes_with_its_default(tmp_path):
+def test_a_workdir_older_than_a_field_resumes_with_its_default(tmp_path):
     workdir, config = _saved(tmp_path)
     path = tmp_path / checkpointing.CONFIG_FILE
     saved = json.loads(path.read_text())
-    del saved["model"]["position"]  # Written before model.position existed.
+    del saved["model"]["position"]  # Written before model.position existed...
+    del saved["optim"]["layer_decay"]  # ... and before optim.layer_decay.
     path.write_text(json.dumps(saved))
     checkpointing.check_config_matches(config, workdir)
+    config.optim.layer_decay = 0.8
+    with pytest.raises(checkpointing.CheckpointError, match=r"optim.layer_decay: 1.0 -> 0.8"):
+        checkpointing.check_config_matches(config, workdir)
     config.model.position = "alibi"
     with pytest.raises(checkpointing.CheckpointError, match="different model"):
         checkpointing.check_config_matches(config, workdir, allow_change=True)
