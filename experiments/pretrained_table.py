@@ -27,6 +27,7 @@ from experiments.stats import (  # noqa: E402
     baseline_start,
     dev_standard_error,
     seed_standard_error,
+    verdict,
 )
 
 _SUMMARIES = flags.DEFINE_string(
@@ -60,18 +61,14 @@ def comparison_lines(summaries: list[dict[str, Any]]) -> list[str]:
         dev_error = dev_standard_error(
             summary["score"], base["early_exit"], DEV_EXAMPLES[summary["task"]]
         )
-        error = max(dev_error, seed_error or 0.0)
-        if abs(difference) < 2 * error:
-            verdict = "noise"
-        else:
-            verdict = "better" if difference > 0 else "worse"
+        judged = verdict(difference, max(dev_error, seed_error or 0.0))
         seed_text = f"{seed_error:.2f}" if seed_error is not None else "-"
         lines.append(
             f"| {summary['task']} | {summary['precision']} | {summary['start']} | "
             f"{summary.get('pretraining_steps') or '-'} | {summary['n']} | "
             f"{_score(summary, 'early_exit')} | {_score(summary, 'last_exit_best')} | "
             f"{baseline} | {_score(base, 'early_exit')} | {difference:+.2f} | {seed_text} | "
-            f"{dev_error:.2f} | {verdict} | {summary['flops_saved_pct']:.1f}% |"
+            f"{dev_error:.2f} | {judged} | {summary['flops_saved_pct']:.1f}% |"
         )
     return lines
 
