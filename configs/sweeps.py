@@ -314,6 +314,12 @@ FROZEN_BODY = (("optim.body_lr_scale", 0.0),)
 # Layer-wise learning-rate decay from that body (`optim.layer_decay`, ELECTRA-small's 0.8: the
 # top block at 0.8 of the heads' rate, the bottom one at 0.26, the embedding at 0.21), two seeds.
 PRETRAINED_LAYER_DECAY = 0.8
+# A binarized second MLM stage from that float body, 1000 steps (`python experiments/pretrain.py
+# --root=runs/pretrain-alibi-long --steps=1000 --stages=pretrain --overrides=model.position=alibi
+# --record=pretrain_alibi_long_binary`), fine-tuned on STS-B and SST-2, two seeds: does a body
+# that learned under binarization keep more for the binarized fine-tuning than the float one?
+PRETRAINED_ALIBI_BINARY_WORKDIR = "runs/pretrain-alibi-long/pretrain"
+PRETRAINED_ALIBI_BINARY_STEPS = PRETRAINED_ALIBI_LONG_STEPS + 1000  # Float, then binarized.
 
 
 def _pretrained_run(
@@ -493,6 +499,20 @@ def pretrained(budget: str = "cpu") -> list[Run]:
             name = f"{task}-pretrainedalibilong-layerdecay-s{seed}"
             start = "pretrained-alibi-long-layerdecay"
             runs.append(alibi_long(name, task, budget, seed, start, extra=layer_decay))
+    for task in PRETRAINED_LONG_TASKS:
+        for seed in PRETRAINED_SEEDS:
+            runs.append(
+                _pretrained_run(
+                    f"{task}-pretrainedalibilongbinary-s{seed}",
+                    task,
+                    budget,
+                    seed,
+                    "pretrained-alibi-long-binary",
+                    source=PRETRAINED_ALIBI_BINARY_WORKDIR,
+                    steps_tag=PRETRAINED_ALIBI_BINARY_STEPS,
+                    extra=alibi,
+                )
+            )
     frozen_alibi = (*alibi, *FROZEN_BODY)
     for task in PRETRAINED_LONG_TASKS:
         for binarize in (True, False):
