@@ -53,9 +53,21 @@ def dev_predictions(workdir: str, tfds_dir: str) -> tuple[str, np.ndarray, np.nd
 def main(argv: list[str]) -> None:
     """Runs every comparison and writes the JSON record."""
     del argv
+    for comparison in _COMPARISONS.value:
+        if comparison.count(":") != 1:
+            raise app.UsageError(f"--comparisons item {comparison!r} is not A:B.")
+    missing = [
+        str(Path(_ROOT.value) / name.format(seed=seed))
+        for comparison in _COMPARISONS.value
+        for name in comparison.split(":")
+        for seed in _SEEDS.value
+        if not (Path(_ROOT.value) / name.format(seed=seed) / "config.json").is_file()
+    ]
+    if missing:
+        raise app.UsageError(f"No training workdir at: {', '.join(missing)}.")
     results = []
     for comparison in _COMPARISONS.value:
-        a_name, b_name = comparison.split(":")
+        a_name, b_name = comparison.split(":")  # Checked above: every name exists.
         a_predictions, b_predictions, labels, task = [], [], None, None
         for seed in _SEEDS.value:
             for name, into in ((a_name, a_predictions), (b_name, b_predictions)):
