@@ -75,29 +75,35 @@ def test_update_decays_only_float_weights_and_clips_latent_ones():
     assert float(jnp.max(params["dense"]["bias"])) > 1.0
 
 
-def test_body_lr_scale_scales_only_the_embedding_and_blocks():
-    params = {
+def _body_and_heads(num_blocks: int) -> dict:
+    """A parameter tree shaped like the model's: embedding, stacked blocks and exit heads."""
+    return {
         "embed": {"token": {"binary_embedding": jnp.full((4, 3), 0.5)}},
         "stages": {
-            "block": {"dense": {"kernel": jnp.full((2, 3, 3), 0.5)}},
-            "exit": {"logits": {"kernel": jnp.full((2, 3, 2), 0.5)}},
+            "block": {"dense": {"kernel": jnp.full((num_blocks, 3, 3), 0.5)}},
+            "exit": {"logits": {"kernel": jnp.full((num_blocks, 3, 2), 0.5)}},
         },
     }
+
+
+def _first_update(params: dict, **optim_fields: float) -> dict:
+    """The optimizer's first update of `params` under gradients of 0.3, no warm-up."""
+    config = glue.get_config("task=rte,size=tiny")
+    for name, value in optim_fields.items():
+        config.optim[name] = value
+    config.optim.warmup_fraction = 0.0
+    tx, _ = optim.create_optimizer(config, num_train_steps=10)
+    grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
+    return tx.update(grads, tx.init(params), params)[0]
+
+
+def test_body_lr_scale_scales_only_the_embedding_and_blocks():
+    params = _body_and_heads(num_blocks=2)
     assert optim.body_mask(params) == {
         "embed": {"token": {"binary_embedding": True}},
         "stages": {"block": {"dense": {"kernel": True}}, "exit": {"logits": {"kernel": False}}},
     }
-    grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
-
-    def first_update(body_lr_scale):
-        config = glue.get_config("task=rte,size=tiny")
-        config.optim.body_lr_scale = body_lr_scale
-        config.optim.warmup_fraction = 0.0
-        tx, _ = optim.create_optimizer(config, num_train_steps=10)
-        updates, _ = tx.update(grads, tx.init(params), params)
-        return updates
-
-    full, gentle = first_update(1.0), first_update(0.25)
+    full, gentle = _first_update(params), _first_update(params, body_lr_scale=0.25)
     quarter = jax.tree.map(lambda u: 0.25 * u, full)
     # rtol: latent clipping recomputes the update as clip(p + u) - p.
     chex.assert_trees_all_close(gentle["embed"], quarter["embed"], rtol=1e-4)
@@ -107,13 +113,7 @@ def test_body_lr_scale_scales_only_the_embedding_and_blocks():
 
 
 def test_layer_decay_scales_blocks_by_depth_and_the_embedding_most():
-    params = {
-        "embed": {"token": {"binary_embedding": jnp.full((4, 3), 0.5)}},
-        "stages": {
-            "block": {"dense": {"kernel": jnp.full((3, 2, 2), 0.5)}},
-            "exit": {"logits": {"kernel": jnp.full((3, 2, 2), 0.5)}},
-        },
-    }
+    params = _body_and_heads(num_blocks=3)
     scales = optim.layer_decay_scales(params, 0.5)
     # Three blocks: 0.5^3, 0.5^2, 0.5^1 from the bottom; the embedding 0.5^4; the exits 1.
     np.testing.assert_allclose(
@@ -121,21 +121,11 @@ def test_layer_decay_scales_blocks_by_depth_and_the_embedding_most():
     )
     np.testing.assert_allclose(scales["embed"]["token"]["binary_embedding"], 1 / 16)
     np.testing.assert_allclose(scales["stages"]["exit"]["logits"]["kernel"], 1.0)
-    grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
-
-    def first_update(layer_decay, body_lr_scale=1.0):
-        config = glue.get_config("task=rte,size=tiny")
-        config.optim.layer_decay = layer_decay
-        config.optim.body_lr_scale = body_lr_scale
-        config.optim.warmup_fraction = 0.0
-        tx, _ = optim.create_optimizer(config, num_train_steps=10)
-        return tx.update(grads, tx.init(params), params)[0]
-
-    full, decayed = first_update(1.0), first_update(0.5)
+    full, decayed = _first_update(params), _first_update(params, layer_decay=0.5)
     expected = jax.tree.map(lambda u, f: u * f, full, scales)
     chex.assert_trees_all_close(decayed, expected, rtol=1e-4)
     # It composes with the body-wide scale.
-    both = first_update(0.5, body_lr_scale=0.5)
+    both = _first_update(params, layer_decay=0.5, body_lr_scale=0.5)
     chex.assert_trees_all_close(
         both["stages"]["block"],
         jax.tree.map(lambda u: 0.5 * u, decayed["stages"]["block"]),
