@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from beex_jax import binarize as bz
@@ -57,38 +58,32 @@ def body_mask(params: Params) -> Params:
     return jax.tree_util.tree_map_with_path(in_body, params)
 
 
-def layer_decay_scales(params: Params, decay: float) -> Params:
-    """Per-leaf learning-rate multipliers of layer-wise decay: block i of L (0-based, stacked on
-    the leading axis) gets `decay ** (L - i)`, the embedding `decay ** (L + 1)`, exit and MLM
-    heads 1 (so the top block moves most, the embedding least)."""
-    num_blocks = None
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if _path_name(path).startswith("stages/block/"):
-            num_blocks = leaf.shape[0]
-            break
+def layer_decay_scales(params: Params, decay: float, num_blocks: int) -> Params:
+    """Per-leaf learning-rate multipliers of layer-wise decay: block i of `num_blocks` (stacked on
+    the leading axis) gets `decay ** (num_blocks - i)`, the embedding `decay ** (num_blocks + 1)`,
+    exit and MLM heads 1 (so the top block moves most, the embedding least)."""
+    block_factors = decay ** np.arange(num_blocks, 0, -1, dtype=np.float32)
 
     def scale(path, leaf):
         name = _path_name(path)
         if name.startswith("stages/block/"):
-            depth = jnp.arange(leaf.shape[0], dtype=jnp.float32)
-            factors = decay ** (leaf.shape[0] - depth)
-            return factors.reshape((-1,) + (1,) * (leaf.ndim - 1))
-        if name.startswith("embed/") and num_blocks is not None:
-            return jnp.asarray(decay ** (num_blocks + 1), jnp.float32)
-        return jnp.ones((), jnp.float32)
+            return block_factors.reshape((-1,) + (1,) * (leaf.ndim - 1))
+        if name.startswith("embed/"):
+            return np.float32(decay ** (num_blocks + 1))
+        return np.float32(1.0)
 
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+def scale_by_layer_decay(decay: float, num_blocks: int) -> optax.GradientTransformation:
     """Multiplies each update by its `layer_decay_scales` factor."""
 
-    def update_fn(updates, state, params=None):
+    def scale_updates(updates, params=None):
         del params
-        scales = layer_decay_scales(updates, decay)
-        return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, scales), state
+        scales = layer_decay_scales(updates, decay, num_blocks)
+        return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, scales)
 
-    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+    return optax.stateless(scale_updates)
 
 
 def learning_rate_schedule(
@@ -131,7 +126,7 @@ def create_optimizer(
     if config.optim.body_lr_scale != 1.0:
         parts.append(optax.masked(optax.scale(config.optim.body_lr_scale), body_mask))
     if config.optim.layer_decay != 1.0:
-        parts.append(scale_by_layer_decay(config.optim.layer_decay))
+        parts.append(scale_by_layer_decay(config.optim.layer_decay, config.model.num_layers))
     if config.optim.clip_latent and config.model.binarize:
         parts.append(bz.clip_latent_weights(1.0))
     return optax.chain(*parts), schedule

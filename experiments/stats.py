@@ -56,8 +56,8 @@ def paired_bootstrap(
     samples: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Mean, standard error and 95% interval of `score_fn(indices)` over bootstrap resamples of
-    the dev examples (the same resample for both models of a pair, so shared hard examples cancel:
+    """Standard error and 95% interval of `score_fn(indices)` over bootstrap resamples of the
+    dev examples (the same resample for both models of a pair, so shared hard examples cancel:
     the paired dev-set error of a difference)."""
     rng = np.random.default_rng(seed)
     values = np.array(

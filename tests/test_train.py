@@ -114,7 +114,7 @@ def test_body_lr_scale_scales_only_the_embedding_and_blocks():
 
 def test_layer_decay_scales_blocks_by_depth_and_the_embedding_most():
     params = _body_and_heads(num_blocks=3)
-    scales = optim.layer_decay_scales(params, 0.5)
+    scales = optim.layer_decay_scales(params, 0.5, num_blocks=3)
     # Three blocks: 0.5^3, 0.5^2, 0.5^1 from the bottom; the embedding 0.5^4; the exits 1.
     np.testing.assert_allclose(
         scales["stages"]["block"]["dense"]["kernel"][:, 0, 0], [1 / 8, 1 / 4, 1 / 2]
