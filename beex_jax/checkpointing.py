@@ -189,6 +189,10 @@ def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
     for section, defaults in (("model", model_defaults), ("optim", ADDED_OPTIM_FIELDS)):
         if isinstance(config.get(section), Mapping):
             config[section] = {**defaults, **config[section]}
+    data = config.get("data")
+    if isinstance(data, Mapping) and isinstance(data.get("text_files"), list):
+        # Written when data.text_files was a tuple of paths; it is now one comma-separated string.
+        config["data"] = {**data, "text_files": ",".join(data["text_files"])}
     return config
 
 

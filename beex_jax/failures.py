@@ -27,7 +27,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 def error_message(error: BaseException) -> str | None:
     """The one-line message for a failure that is not a bug in beex-jax; None for the rest."""
     from beex_jax import checkpointing, config_fields, export, init_from  # Imported when used.
-    from beex_jax.data import glue_builder
+    from beex_jax.data import corpus, glue_builder
     from beex_jax.predict_files import BadInputError
 
     expected = (
@@ -36,6 +36,7 @@ def error_message(error: BaseException) -> str | None:
         checkpointing.WorkdirError,
         init_from.InitFromError,
         glue_builder.GlueFormatError,
+        corpus.TextFileError,
         export.ExportError,
         BadInputError,
         FileNotFoundError,

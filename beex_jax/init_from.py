@@ -8,8 +8,10 @@ its vocabulary and a training checkpoint. What is loaded:
   stages/block        every block;
   stages/exit         only with `config.init_from_exits` (a fine-tuned source with the same
                       classes); otherwise the exit heads start fresh.
-Anything else of the source (the MLM head) is left behind. Every mismatch is a one-line
-`InitFromError` naming what differs.
+Anything else of the source (the MLM head) is left behind. A word-vector workdir
+(`config.objective=word_vectors`, beex_jax/word_vectors.py) holds only embed/token: it is loaded
+and everything else starts fresh; only the width and the vocabulary must agree. Every mismatch is
+a one-line `InitFromError` naming what differs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ Params = Any
 VOCAB_FILE = "vocab.txt"  # The vocabulary a workdir's model was trained with.
 # Model fields that must agree between source and target (the others may differ: classes, ...).
 SHAPE_FIELDS = ("hidden_dim", "num_layers", "num_heads", "slfn_dim", "slfn", "norm", "position")
+# A source of the embedding alone (word vectors): the fields that must agree with it.
+EMBEDDING_ONLY_OBJECTIVE = "word_vectors"
+EMBEDDING_FIELDS = ("hidden_dim",)
 
 
 class InitFromError(ValueError):
@@ -80,9 +85,10 @@ def apply_to_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     def field(model: ml_collections.ConfigDict, name: str) -> Any:
         return model.get(name, _DEFAULTS.get(name))
 
+    embedding_only = holds_embedding_only(source)
     differing = [
         f"{name} {field(source.model, name)!r} vs {field(config.model, name)!r}"
-        for name in SHAPE_FIELDS
+        for name in (EMBEDDING_FIELDS if embedding_only else SHAPE_FIELDS)
         if field(source.model, name) != field(config.model, name)
     ]
     if differing:
@@ -90,7 +96,7 @@ def apply_to_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             f"config.init_from={path} holds another model size (pretrained vs this run: "
             f"{'; '.join(differing)}); use the same model fields as the pretraining."
         )
-    if source.model.max_length < config.data.max_length:
+    if not embedding_only and source.model.max_length < config.data.max_length:
         raise InitFromError(
             f"config.init_from={path} learned {source.model.max_length} positions; this task "
             f"needs max_length {config.data.max_length}: pretrain with a longer max_length."
@@ -100,6 +106,13 @@ def apply_to_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         config.data.vocab_file = vocab
         config.init_from = path
     return config
+
+
+def holds_embedding_only(source: ml_collections.ConfigDict | str) -> bool:
+    """Whether a source workdir (its config, or its path) holds only the token embedding."""
+    if isinstance(source, str):
+        source = source_config(source)
+    return source.get("objective") == EMBEDDING_ONLY_OBJECTIVE
 
 
 # Defaults of fields that older configs may lack.
@@ -151,11 +164,18 @@ def load_params(path: str, step: int = -1) -> Params:
     return jax.tree.map(np.asarray, restored["state"]["params"])
 
 
-def merge(fresh: Params, pretrained: Params, *, include_exits: bool = False) -> Params:
+def merge(
+    fresh: Params,
+    pretrained: Params,
+    *,
+    include_exits: bool = False,
+    embedding_only: bool = False,
+) -> Params:
     """`fresh` parameters with every pretrained one this model has, shapes checked.
 
-    The embedding and the blocks must be in the source; segments and the MLM head are taken
-    when the source has them (else they stay fresh); exit heads only with `include_exits`.
+    The embedding and the blocks must be in the source (with `embedding_only`, the token
+    embedding alone); segments and the MLM head are taken when the source has them (else they
+    stay fresh); exit heads only with `include_exits`.
     """
     flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
     flat_source = traverse_util.flatten_dict(pretrained, sep="/")
@@ -164,7 +184,7 @@ def merge(fresh: Params, pretrained: Params, *, include_exits: bool = False) -> 
         if name.startswith(_EXITS) and not include_exits:
             continue
         if name not in flat_source:
-            if name.startswith(_OPTIONAL):
+            if name.startswith(_OPTIONAL) or (embedding_only and name != _TOKEN_EMBEDDING):
                 continue
             raise InitFromError(f"The pretrained parameters have no {name}.")
         source = np.asarray(flat_source[name])
@@ -180,5 +200,6 @@ def merge(fresh: Params, pretrained: Params, *, include_exits: bool = False) -> 
 
 
 _EXITS = "stages/exit/"
+_TOKEN_EMBEDDING = "embed/token/binary_embedding"
 # Loaded when the source has them: segments (a single-sentence source has none), the MLM head.
 _OPTIONAL = ("embed/segment/", "mlm_head/")

@@ -20,7 +20,8 @@ from beex_jax import binarize as bz
 Dtype = Any
 # Latent weights start well inside [-1, 1] so the surrogate gradient is alive (SPEC §1).
 kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-embedding_init = nn.initializers.normal(stddev=0.02)
+EMBEDDING_STDDEV = 0.02  # Of the fresh latent token embedding.
+embedding_init = nn.initializers.normal(stddev=EMBEDDING_STDDEV)
 
 
 class BinaryDense(nn.Module):

@@ -39,6 +39,7 @@ from beex_jax import (
     mlm,
     optim,
     sharding,
+    word_vectors,
 )
 from beex_jax.data import corpus
 from beex_jax.data import tokenizer as tokenizer_lib
@@ -70,7 +71,7 @@ def prepare_vocab(config: ml_collections.ConfigDict, workdir: str, texts: list[s
     return path
 
 
-OBJECTIVES = ("mlm", "electra")
+OBJECTIVES = ("mlm", "electra", "word_vectors")
 
 
 def create_model(config: ml_collections.ConfigDict) -> tuple[Any, Callable[..., Params]]:
@@ -149,8 +150,9 @@ def make_loss_fn(model: Any, config: ml_collections.ConfigDict, token_ids: dict)
 
 def pretrain(
     config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
-) -> tuple[loop.TrainState, dict]:
-    """Pretrains the body with MLM on the configured corpus; returns the state and a summary.
+) -> tuple[loop.TrainState | None, dict]:
+    """Pretrains the body on the configured corpus (`config.objective`: MLM, ELECTRA, or word
+    vectors for the embedding alone); returns the state (None for word vectors) and a summary.
 
     The workdir is locked for the whole run; resuming with another config than the workdir's is
     refused unless `allow_config_change`.
@@ -164,7 +166,7 @@ def pretrain(
 
 def _pretrain(
     config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool
-) -> tuple[loop.TrainState, dict]:
+) -> tuple[loop.TrainState | None, dict]:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     started = time.time()
@@ -181,6 +183,11 @@ def _pretrain(
     config = init_from.apply_to_config(config)  # A second stage uses the first's vocabulary.
     units = corpus.collect_units(config)
     vocab = prepare_vocab(config, workdir, corpus.unit_texts(units))
+    if config.objective == "word_vectors":  # The embedding alone: no packing, no loop.
+        summary = word_vectors.train_word_vectors(
+            config, workdir, units, vocab, allow_config_change=allow_config_change
+        )
+        return None, summary
     tokenizer = tokenizer_lib.tokenizer_from_vocab(vocab)
     input_ = corpus.create_input(
         config,
@@ -221,9 +228,10 @@ def _pretrain(
     start_params = None
     if config.init_from:
         pretrained = init_from.load_params(config.init_from, config.init_from_step)
+        embedding_only = init_from.holds_embedding_only(config.init_from)
 
         def start_params(fresh):
-            return init_from.merge(fresh, pretrained)
+            return init_from.merge(fresh, pretrained, embedding_only=embedding_only)
 
     loss_fn = make_loss_fn(model, config, input_.special_token_ids())
 

@@ -212,9 +212,15 @@ def _train_and_evaluate(
     start_params = None
     if config.init_from:  # Pretrained embedding and blocks; exit heads fresh unless asked.
         pretrained = init_from.load_params(config.init_from, config.init_from_step)
+        embedding_only = init_from.holds_embedding_only(config.init_from)
 
         def start_params(fresh):
-            return init_from.merge(fresh, pretrained, include_exits=config.init_from_exits)
+            return init_from.merge(
+                fresh,
+                pretrained,
+                include_exits=config.init_from_exits,
+                embedding_only=embedding_only,
+            )
 
     # ------------------------------------------------------------------------------ evaluators
     eval_step = evaluate.make_eval_step(config, mesh)

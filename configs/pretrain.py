@@ -56,7 +56,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.tfds_dir = "~/tensorflow_datasets"  # Prepared GLUE (and tfds_text) data.
     # GLUE tasks whose train text is read: "auto" (every local one) or "sst2,cola,...".
     config.data.corpus_tasks = "auto"
-    config.data.text_files = ()  # Plain-text files, one document or sentence a line.
+    # Unlabeled text files, one document or sentence a line: comma-separated paths or globs,
+    # plain, .gz or .xz (e.g. "../shared/data/text/imdb/imdb_train_*.txt.xz").
+    config.data.text_files = ""
     # A TFDS dataset with a text feature (e.g. "wikipedia/20230601.en"); None: none.
     config.data.tfds_text = ml_collections.FieldReference(None, field_type=str)
     config.data.tfds_split = "train"  # Its split.
@@ -84,6 +86,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.electra.generator_layers = 2  # The generator's blocks (the body has model.num_layers).
     config.electra.rtd_weight = 50.0  # Weight of the detection loss against the generator's MLM.
     config.electra.temperature = 1.0  # Of the generator's samples.
+
+    # "word_vectors": skip-gram vectors of the corpus's tokens (gensim Word2Vec) become the
+    # latent token embedding; no body is trained (beex_jax/word_vectors.py). Its dimension is
+    # model.hidden_dim.
+    config.word_vectors = ml_collections.ConfigDict()
+    config.word_vectors.window = 5  # Context tokens on each side of a token.
+    config.word_vectors.negative = 5  # Negative samples per context token.
+    config.word_vectors.epochs = 10  # Passes over the corpus.
+    config.word_vectors.min_count = 1  # Tokens seen fewer times get no vector (fresh init row).
+    config.word_vectors.subsample = 1e-3  # Down-sampling threshold of frequent tokens.
+    config.word_vectors.learning_rate = 0.025  # Initial; decays linearly to near zero.
+    config.word_vectors.workers = 0  # Threads (0: every core); >1 is not bitwise repeatable.
 
     config.mlm = ml_collections.ConfigDict()
     config.mlm.mask_rate = 0.15  # Share of the tokens of a row predicted.

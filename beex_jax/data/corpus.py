@@ -4,7 +4,8 @@ Sources (`config.data`):
   corpus_tasks  GLUE tasks whose *train* text is used ("auto": every task with local train files
                 in glue_dir); dev and test text never enter the corpus, so there is no leakage
                 into the GLUE dev figures. Pair tasks keep a pair together (segments 0 and 1).
-  text_files    plain-text files, one document or sentence a line;
+  text_files    plain-text files (comma-separated paths or glob patterns; `.xz` and `.gz` are
+                decompressed as they are read), one document or sentence a line;
   tfds_text     any TFDS dataset with a text feature (`text_key`, `tfds_split`), e.g.
                 `wikipedia/20230601.en` or `c4/en` for users with a network or a prepared copy.
 Units are deduplicated exactly, and a single text contained in a longer one is dropped
@@ -22,9 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
+import gzip
 import logging
+import lzma
 import os
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import grain
 import ml_collections
@@ -84,13 +89,63 @@ def glue_units(config: ml_collections.ConfigDict, split: str) -> list[Unit]:
     return units
 
 
+class TextFileError(ValueError):
+    """An unlabeled text file that cannot be read: corrupt, truncated or not UTF-8."""
+
+
+def text_file_paths(spec: str | Sequence[str]) -> list[str]:
+    """The files `config.data.text_files` names: comma-separated paths or glob patterns."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    paths: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        pattern = os.path.expanduser(item)
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"config.data.text_files: no file matches {item}.")
+            paths.extend(matches)
+        elif not os.path.isfile(pattern):
+            raise FileNotFoundError(f"config.data.text_files: {item} is not a file.")
+        else:
+            paths.append(pattern)
+    return paths
+
+
+_OPENERS = {".xz": lzma.open, ".gz": gzip.open}
+# What a damaged compressed file raises while it is read.
+_CORRUPT = (lzma.LZMAError, gzip.BadGzipFile, zlib.error, EOFError)
+
+
+def read_lines(path: str) -> Iterator[str]:
+    """The non-empty lines of a plain, `.gz` or `.xz` UTF-8 file, stripped, read as a stream.
+
+    Lines end at "\n" only (not at U+0085 or other Unicode breaks, which real text holds).
+    """
+    opener = _OPENERS.get(os.path.splitext(path)[1], open)
+    line_number = 0
+    try:
+        with opener(path, "rb") as f:  # Binary lines end at b"\n" only.
+            for line_number, raw in enumerate(f, 1):  # noqa: B007 (read in the except)
+                line = raw.decode("utf-8").strip()
+                if line:
+                    yield line
+    except UnicodeDecodeError as e:
+        raise TextFileError(
+            f"{path}: line {line_number} is not UTF-8 text ({e.reason} at byte {e.start}); "
+            f"re-encode the file as UTF-8."
+        ) from e
+    except _CORRUPT as e:
+        raise TextFileError(
+            f"{path} cannot be decompressed after {line_number} lines: the file is corrupt or "
+            f"truncated ({type(e).__name__}: {e})."
+        ) from e
+
+
 def file_units(paths: Iterable[str]) -> list[Unit]:
-    """One unit per non-empty line of each plain-text file."""
-    units: list[Unit] = []
-    for path in paths:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
-            units.extend((line.strip(),) for line in f if line.strip())
-    return units
+    """One unit per non-empty line of each text file (plain, .gz or .xz)."""
+    return [(line,) for path in paths for line in read_lines(path)]
 
 
 def tfds_units(name: str, split: str, text_key: str, data_dir: str) -> list[Unit]:
@@ -151,7 +206,7 @@ def collect_units(config: ml_collections.ConfigDict) -> list[Unit]:
     """The deduplicated pretraining corpus of `config.data`."""
     data = config.data
     units = glue_units(config, "train")
-    units += file_units(data.text_files or ())
+    units += file_units(text_file_paths(data.text_files or ()))
     if data.tfds_text:
         units += tfds_units(data.tfds_text, data.tfds_split, data.text_key, data.tfds_dir)
     if not units:
