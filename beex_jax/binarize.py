@@ -1,4 +1,4 @@
-"""Binarization-aware training (SPEC §1): sign with surrogate gradients and scaled binary weights.
+"""Binarization-aware training (docs/method.md §1): surrogate-gradient sign, scaled binary weights.
 
 Forward: `B(W) = alpha * sign(W)` with `sign(0) = +1`. Backward: the impulse derivative of sign is
 replaced by the derivative of a surrogate; the gradient through `alpha = mean|W|` is kept, so the

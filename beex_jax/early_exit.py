@@ -1,4 +1,4 @@
-"""Early-exit inference under jit (SPEC §3): later blocks run only on the examples still going.
+"""Early-exit inference under jit (docs/method.md §3): later blocks run only on examples still in.
 
 The batch keeps static shapes; what shrinks is the *active prefix*. Rows of the hidden states are
 kept in a slot order that puts the still-running examples first. For block i, a

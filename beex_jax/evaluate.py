@@ -3,7 +3,7 @@
 For each dev split (MNLI has two) it reports:
   exit_<i>/<metric>       the GLUE metrics of exit i alone (1-based), i.e. a model cut after
                           block i, and `exit_<i>/glue_score`, GLUE's single score of the task;
-  early_exit/<metric>     the same with the early-exit rule at the configured delta (SPEC §3);
+  early_exit/<metric>     the same with early exit at the configured delta (docs/method.md §3);
   mean_exit_block         the mean 1-based exit that answers;
   mean_blocks_run         the mean number of blocks computed (differs with answer_from=previous);
   flops_saved             1 - FLOPs spent with early exit / FLOPs of running every block;

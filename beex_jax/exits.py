@@ -1,4 +1,4 @@
-"""Exit rules (SPEC §3): entropy, fractional entropy reduction, and the online exit policies.
+"""Exit rules (docs/method.md §3): entropy, fractional entropy reduction, the online exit policies.
 
 Every policy is *online*: whether an example leaves at block i is decided from the exits <= i
 only, carried block to block in a small `PolicyState`. `policy_step` is that one-block decision;
@@ -6,10 +6,10 @@ only, carried block to block in a small `PolicyState`. `policy_step` is that one
 inference (`beex_jax.early_exit`) runs the very same step inside its loop over blocks, which is
 why stopping early changes no decision.
 
-Indices are 0-based here (block i of the code is block i + 1 of SPEC); `min_exit_block` keeps
-SPEC's 1-based meaning. Policies, all with a forced exit at the last block:
+Indices are 0-based here (block i of the code is block i + 1 of docs/method.md §3); `min_exit_block`
+keeps its 1-based meaning. Policies, all with a forced exit at the last block:
 
-  entropy_reduction  (SPEC, default) exit at block i >= 1 when r_i < delta, with
+  entropy_reduction  (the paper, default) exit at block i >= 1 when r_i < delta, with
                      r_i = (H_{i-1} - H_i) / max(H_{i-1}, eps); for regression (one output)
                      r_i is the fractional change of the prediction,
                      |y_i - y_{i-1}| / max(|y_{i-1}|, eps).
@@ -61,7 +61,7 @@ def fractional_change(previous: jax.Array, current: jax.Array, eps: float = EPS)
 
 
 def exit_signal(previous_logits: jax.Array, logits: jax.Array, eps: float = EPS) -> jax.Array:
-    """r of SPEC §3 between consecutive exits [..., C] -> [...]: exit when it falls below delta.
+    """r of docs/method.md §3 between consecutive exits [..., C] -> [...]: exit when below delta.
 
     Classification: the fractional entropy reduction. Regression (C == 1): the fractional change
     of the prediction.
@@ -232,7 +232,7 @@ def exit_decisions(
     min_exit_block: int = 2,
     answer_from: str = "current",
 ) -> jax.Array:
-    """SPEC §3's rule on the logits of every exit [L, B, C]: the 0-based exit each example uses.
+    """The rule of docs/method.md §3 on the logits of all exits [L, B, C]: 0-based exit per example.
 
     The example stops at the first 0-based block i >= min_exit_block - 1 with r_i < delta (or at
     the last block). With answer_from="current" the returned index is that i and the answer is

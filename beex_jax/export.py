@@ -1,4 +1,4 @@
-"""The packed 1-bit model on disk (SPEC §7): its format, the export of a workdir, a size report.
+"""The packed 1-bit model on disk (docs/method.md §6): its format, export of a workdir, size report.
 
 An export directory holds everything prediction needs and no latent weights:
 

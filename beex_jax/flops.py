@@ -1,4 +1,4 @@
-"""Analytic FLOPs and BOPs per example (SPEC §7), at the example's real length up to its exit.
+"""Analytic FLOPs and BOPs per example (docs/method.md §6), at its real length up to its exit.
 
 FLOPs are 2 x multiply-adds of every executed dense layer, of attention scores and mixing, and of
 every evaluated exit head (masked-mean pool, hidden layer, logit layer). Padding costs nothing here:

@@ -1,4 +1,4 @@
-"""Binarized building blocks (SPEC §1-§2): dense, embedding, attention, SLFN and the FFN ablation.
+"""Binarized building blocks (docs/method.md §1-§2): dense, embedding, attention, SLFN, FFN.
 
 Every binarized layer keeps a float32 latent parameter named `binary_kernel` / `binary_embedding`
 and binarizes it on every call while training (inference binarizes once, `packed_weights`, see
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from beex_jax import binarize as bz
 
 Dtype = Any
-# Latent weights start well inside [-1, 1] so the surrogate gradient is alive (SPEC §1).
+# Latent weights start well inside [-1, 1] so the surrogate gradient is alive (docs/method.md §1).
 kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 EMBEDDING_STDDEV = 0.02  # Of the fresh latent token embedding.
 embedding_init = nn.initializers.normal(stddev=EMBEDDING_STDDEV)
@@ -128,7 +128,7 @@ def alibi_bias(num_heads: int, length: int) -> jax.Array:
 
 
 class SLFN(nn.Module):
-    """Selective Learn-Forget Network: sigmoid gate branch times tanh content branch (SPEC §2)."""
+    """Selective Learn-Forget Network (docs/method.md §2): a sigmoid gate times a tanh branch."""
 
     hidden_dim: int
     dense: Any

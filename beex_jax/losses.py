@@ -1,4 +1,4 @@
-"""Training losses over all exits (SPEC §4): soft routing (default), mean, weighted.
+"""Training losses over all exits (docs/method.md §4): soft routing (default), mean, weighted.
 
 With CE_i the loss of exit i (cross-entropy, or squared error for regression), per example:
 
@@ -66,7 +66,7 @@ def soft_exit_probabilities(r: jax.Array, *, delta: float, tau: float) -> jax.Ar
 
 
 def exit_signals(all_logits: jax.Array) -> jax.Array:
-    """r [L, B] for every exit (SPEC §3); r[0] has no previous exit and is 0."""
+    """r [L, B] for every exit (docs/method.md §3); r[0] has no previous exit and is 0."""
     r = exit_signal(all_logits[:-1], all_logits[1:])
     first = jnp.zeros((1, *all_logits.shape[1:-1]), r.dtype)  # Also right when L == 1.
     return jnp.concatenate([first, r], axis=0)

@@ -1,4 +1,4 @@
-"""BEExformer (SPEC §2): binarized embedding, L post-LN blocks with SLFN, one exit head per block.
+"""BEExformer (docs/method.md §2): binarized embedding, L blocks with SLFN, an exit per block.
 
 The L stages (block + its exit head) are one `nn.scan`, so their parameters are stacked along a
 leading axis of size L under `params["stages"]`. Full-depth training runs the scan; early-exit

@@ -1,9 +1,9 @@
-"""The optimizer (SPEC §5): AdamW, linear warm-up then cosine decay, clipping, latent-weight care.
+"""The optimizer (docs/method.md §5): AdamW, warm-up, cosine decay, clipping, latent-weight care.
 
 Weight decay applies only to float matrices (dense kernels, position/segment embeddings). Latent
 binary weights get none: their magnitude is not what the forward pass uses, and decay would drag
 them towards 0, where every sign flips on noise. They are clipped to [-1, 1] after each update
-instead, which keeps the surrogate gradient `F'(W)` alive (SPEC §1).
+instead, which keeps the surrogate gradient `F'(W)` alive (docs/method.md §1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""1-bit packing of binarized parameters and the model-size report (SPEC §7).
+"""1-bit packing of binarized parameters and the model-size report (docs/method.md §6).
 
 A binarized leaf `W` is stored as its signs, 8 per byte (bit 1 = +1, `sign(0) = +1`), plus its
 float32 alphas; unpacking gives back exactly `alpha * sign(W)`, the values the forward pass uses.

@@ -1,4 +1,4 @@
-"""Batched, jitted prediction with per-example early exit (SPEC §3): a Python API and file I/O.
+"""Batched, jitted prediction with per-example early exit (docs/method.md §3): API and file I/O.
 
   predictor = beex_jax.load("runs/sst2")          # a training workdir (best checkpoint) or an
   predictor.predict(["a gripping film", ...])     # export directory (`beex_jax.export`)

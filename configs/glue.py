@@ -7,7 +7,7 @@ Run (offline, from a local GLUE folder):
 
 Variants are `key=value` pairs after the colon, comma separated:
   task=sst2|cola|mrpc|rte|stsb|wnli|qnli|qqp|mnli   the GLUE task
-  size=tiny|small|base                               model size (SPEC §2); small is the default
+  size=tiny|small|base                               model size (docs/method.md §2), default small
 Any field can then be overridden, e.g. `--config.model.num_layers=4 --config.exit.delta=0.2`.
 
 Measured on a 2-core CPU, trained from scratch with the small size and the default recipe, the

@@ -18,7 +18,7 @@ weights are binarized once on load, so it should run as fast as the export; `--f
 per-example throughput does not fall from batch 32 to 256 (`targets_met`): large batches run as a
 loop over cache-sized chunks of rows (`beex_jax.early_exit.chunk_rows`).
 
-What is measured, in one run: for each model and mode (early exit, SPEC §3, and full depth) and
+What is measured, in one run: for each model, mode (early exit, docs/method.md §3; full depth) and
 each batch size, the examples/s of `Predictor.predict_encoded` over the whole dev set: sorting by
 length, padding to the bucket lengths and batch sizes, the jitted forward pass and fetching the
 results, everything `Predictor.predict` does except tokenizing (measured once, separately). Each

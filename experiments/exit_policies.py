@@ -4,8 +4,8 @@
       [--glue_dir=../shared/data/glue] [--out=experiments/results/exit_policies.json]
 
 For each trained model (its best checkpoint) the logits of every exit on the dev set are computed
-once; each policy is then swept over its parameter: fractional entropy reduction (ours, SPEC §3;
-delta), absolute entropy threshold (DeeBERT; threshold as a fraction of log C) and patience
+once; each policy is swept over its parameter: fractional entropy reduction (ours, docs/method.md
+§3; delta), absolute entropy threshold (DeeBERT; threshold as a fraction of log C) and patience
 (PABEE; patience). Every policy is online (it decides at block i from exits <= i), so applying it to
 the full-depth logits gives exactly what early-exit inference returns (tests/test_early_exit.py).
 Each point reports the dev metric, mean exit block, and mean FLOPs as a fraction of full depth;

@@ -18,7 +18,7 @@ GRID = jnp.concatenate([jnp.arange(-200, 201, dtype=jnp.float32) / 100, jnp.arra
 
 
 def piecewise_quadratic_sign(x: jax.Array) -> jax.Array:
-    """F(x) of SPEC §1, written independently of the library."""
+    """F(x) of docs/method.md §1, written independently of the library."""
     return jnp.where(
         x < -1, -1.0, jnp.where(x < 0, 2 * x + x**2, jnp.where(x < 1, 2 * x - x**2, 1.0))
     )
@@ -101,7 +101,7 @@ def random_kernel(seed: int, shape: tuple[int, ...]) -> jax.Array:
 def closed_form_kernel_grad(
     w: np.ndarray, g: np.ndarray, *, surrogate: str, scale: str, detach_scale: bool, axis: int
 ) -> np.ndarray:
-    """dL/dW of L = sum(g * alpha * sign(W)) by SPEC §1: sign term plus magnitude term."""
+    """dL/dW of L = sum(g * alpha * sign(W)) by docs/method.md §1: sign term plus magnitude term."""
     w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
     sign = np.where(w >= 0, 1.0, -1.0)
     surrogate_grad = {

@@ -84,7 +84,7 @@ def decisive_examples(all_logits: jax.Array, exit_config: ex.ExitConfig) -> np.n
 
 
 def reference_predictions(config, params, batch) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """SPEC §3 spelled out: all blocks, the policy on every exit, gather; and decisive examples."""
+    """docs/method.md §3 spelled out: all blocks, policy per exit, gather; and decisive examples."""
     model_config = ModelConfig.from_config(config.model)
     exit_config = ex.ExitConfig.from_config(config.exit)
     all_logits = early_exit.full_depth_logits(

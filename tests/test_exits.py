@@ -27,7 +27,7 @@ def logits_arrays(classes=(1, 2, 3)):
     return shape.flatmap(lambda s: hnp.arrays(np.float32, s, elements=elements))
 
 
-# ---- Reference rules, written as plain loops over blocks (SPEC §3). ----
+# ---- Reference rules, written as plain loops over blocks (docs/method.md §3). ----
 
 
 def _np_entropy(z):

@@ -48,7 +48,7 @@ def test_binary_dense_param_tree_identical_binarize_on_off():
 
 
 def test_binary_dense_latent_weights_start_inside_unit_interval():
-    # Well inside [-1, 1], where the surrogate gradient is alive (SPEC §1).
+    # Well inside [-1, 1], where the surrogate gradient is alive (docs/method.md §1).
     kernel = jax.jit(BinaryDense(64).init)(RNG, jnp.zeros((1, 8)))["params"][bz.BINARY_KERNEL]
     assert 0 < float(jnp.max(jnp.abs(kernel))) < 0.9
 

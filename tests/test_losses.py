@@ -1,4 +1,4 @@
-"""Tests for beex_jax.losses: soft routing, mean and weighted exit losses (SPEC §4)."""
+"""Tests for beex_jax.losses: soft routing, mean and weighted exit losses (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_param_tree_identical_binarize_on_off():
         "/".join(str(k.key) for k in path): bz.is_binary_path(path)
         for path, _ in jax.tree_util.tree_flatten_with_path(on)[0]
     }
-    # Binarized (SPEC §1): the token table, Q/K/V/O, the 4 SLFN layers, the exits' hidden layers.
+    # Binarized (docs/method.md §1): token table, Q/K/V/O, 4 SLFN layers, the exits' hidden layers.
     assert sum(paths.values()) == 1 + 4 + 4 + 1
     assert paths["embed/token/binary_embedding"]
     assert paths["stages/exit/hidden/binary_kernel"]

@@ -7,10 +7,10 @@ It needs only torch and numpy (no JAX), in a venv of its own, not requirements.t
 The export format is documented in beex_jax/export.py; this file reads it with NumPy alone:
 binarized leaves are rebuilt as alpha * sign(W) from their packed signs (np.unpackbits, bit 1 =
 +1) and float32 alphas, so both implementations run on the same float32 weights. The forward pass
-is SPEC §2 as beex_jax/model.py computes it at inference (no dropout): binarized token embedding +
-learned positions (+ segments); per block, multi-head self-attention and the SLFN (or the FFN
-ablation), post-LN (the paper) or pre-LN; an exit head after every block (masked mean pool,
-Dense -> ReLU -> Dense). It returns the logits of every exit, [L, B, C], like
+is docs/method.md §2 as beex_jax/model.py computes it at inference (no dropout): binarized token
+embedding + learned positions (+ segments); per block, multi-head self-attention and the SLFN (or
+the FFN ablation), post-LN (the paper) or pre-LN; an exit head after every block (masked mean
+pool, Dense -> ReLU -> Dense). It returns the logits of every exit, [L, B, C], like
 `beex_jax.early_exit.full_depth_logits`.
 """
 
