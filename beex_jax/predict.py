@@ -10,7 +10,8 @@ the answering exit), or `score` for STS-B; `exit_index` (0-based exit that answe
 cut to max_length tokens).
 
 Files: `predict(config, workdir, input_path=..., output_path=...)` is `--mode=predict` of
-`python -m beex_jax.main`; formats and bad-line handling are in `beex_jax.predict_files`.
+`python -m beex_jax.main`; formats and bad-line handling are in `beex_jax.predict_files`, which
+takes the Predictor as an argument and imports nothing from here.
 
 Texts are tokenized in chunks, sorted by length and batched; a batch is padded to one of a few
 batch sizes (powers of 4 up to batch_size) and bucket lengths (`config.data.bucket_boundaries`),
@@ -132,6 +133,11 @@ class Predictor:
         self.batch_size = int(batch_size or config.eval_batch_size)
         self.batch_sizes = batch_sizes(self.batch_size)
         self._empty = data.encode(tokenizer, [""], max_length=self.max_length)
+
+    @property
+    def num_exits(self) -> int:
+        """The number of exit heads, one per block."""
+        return self.model_config.num_layers
 
     @property
     def is_pair(self) -> bool:

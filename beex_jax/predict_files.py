@@ -1,5 +1,9 @@
-"""Prediction over a file (`beex_jax.predict`): examples read from TSV, JSONL or text lines,
-predictions written as JSON lines, bad lines reported with their file and line number.
+"""Prediction over a file: examples read from TSV, JSONL or text lines, predictions written as
+JSON lines, bad lines reported with their file and line number.
+
+The model comes in as an argument, anything with the few attributes of `TextPredictor` (in
+practice a `beex_jax.predict.Predictor`), so this module imports nothing of the predictor's:
+`beex_jax.predict` builds on it, not the other way round.
 
   .tsv    one or two text columns; a first line naming the task's text columns (e.g. GLUE's
           `sentence<TAB>label`, `index<TAB>sentence1<TAB>sentence2`) is a header and picks them;
@@ -23,14 +27,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import tqdm
-
-if TYPE_CHECKING:
-    from beex_jax.predict import Predictor
 
 FORMATS = ("auto", "tsv", "jsonl", "text")
 _EXTENSIONS = {".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -40,6 +41,26 @@ _ALIASES = {1: (("text",),), 2: (("sentence1", "sentence2"), ("text_a", "text_b"
 
 class BadInputError(ValueError):
     """A line of an input file that cannot be read as an example."""
+
+
+class TextPredictor(Protocol):
+    """What predicting a file needs of a model (`beex_jax.predict.Predictor` has it all)."""
+
+    task: str  # The GLUE task, for messages.
+    text_fields: tuple[str, ...]  # TFDS feature name of each text field (1 or 2).
+    text_columns: tuple[str, ...]  # GLUE's column header of each text field.
+    batch_size: int  # Largest batch: the progress bar shows only for files of 10 batches or more.
+    max_length: int  # Tokens per example; longer inputs are truncated.
+    mode: str  # "early_exit" or "full_depth", reported in the summary.
+
+    @property
+    def num_exits(self) -> int:
+        """Exit heads (one per block): the length of the exit histogram."""
+        ...
+
+    def predict(self, texts: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
+        """One record per example: `exit_index`, `flops`, `truncated` and the prediction."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +92,7 @@ def _lines(path: str) -> Iterator[tuple[int, str | None, str]]:
                 yield number, None, f"not valid UTF-8 (byte {e.start}: {e.reason})"
 
 
-def _column_names(predictor: Predictor) -> list[tuple[str, ...]]:
+def _column_names(predictor: TextPredictor) -> list[tuple[str, ...]]:
     """Accepted names of each text field: feature name, GLUE column header, generic aliases."""
     names = [[f, c] for f, c in zip(predictor.text_fields, predictor.text_columns, strict=True)]
     for alias in _ALIASES[len(names)]:
@@ -88,7 +109,7 @@ def _header_columns(cells: list[str], names: list[tuple[str, ...]]) -> list[int]
 
 
 def read_examples(
-    path: str, predictor: Predictor, input_format: str = "auto"
+    path: str, predictor: TextPredictor, input_format: str = "auto"
 ) -> Iterator[Example | BadLine]:
     """Examples of an input file (TSV, JSONL or plain text), in order; see the module doc."""
     if input_format not in FORMATS:
@@ -166,7 +187,7 @@ def check_output_path(input_path: str, output_path: str) -> None:
 
 
 def predict_file(
-    predictor: Predictor,
+    predictor: TextPredictor,
     input_path: str,
     output_path: str,
     *,
@@ -185,7 +206,7 @@ def predict_file(
     check_output_path(input_path, output_path)
     total_lines = _count_lines(input_path)
     counts = {"examples": 0, "skipped": 0, "truncated": 0}
-    exit_counts = np.zeros(predictor.model_config.num_layers, np.int64)
+    exit_counts = np.zeros(predictor.num_exits, np.int64)
     flops_sum = 0.0
     directory = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(directory, exist_ok=True)

@@ -82,6 +82,31 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_file_prediction_takes_any_predictor_and_imports_none(tmp_path):
+    """Imports run one way: predict_files reads files for whatever predictor it is given."""
+    (tmp_path / "in.tsv").write_bytes(b"sentence\tlabel\nfine\t1\n\xff\t0\n")
+    code = """if True:
+        import sys
+        from beex_jax import predict_files
+
+        class Echo:  # The attributes of predict_files.TextPredictor.
+            task, text_fields, text_columns = "sst2", ("sentence",), ("sentence",)
+            batch_size, max_length, mode, num_exits = 8, 16, "early_exit", 3
+
+            def predict(self, texts):
+                return [dict(label=len(t[0]), exit_index=1, flops=5, truncated=0) for t in texts]
+
+        summary = predict_files.predict_file(Echo(), "in.tsv", "out.jsonl", skip_bad_lines=True)
+        assert summary["exit_histogram"] == [0, 1, 0] and summary["skipped"] == 1, summary
+        assert "beex_jax.predict" not in sys.modules and "jax" not in sys.modules
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [2, 3] and records[0]["label"] == 4
+    assert "not valid UTF-8" in records[1]["error"]
+
+
 def test_predict_fields_and_batching(sst2):
     records = sst2.predict(SENTENCES)
     assert len(records) == len(SENTENCES)
