@@ -16,7 +16,7 @@ experiments/pretrain.py --root=runs/pretrain-long --steps=5000 --stages=pretrain
 --record=pretrain_long`: full precision, pre-LN, batch 16 rows of 128): 5000 steps = 10.2M tokens
 in 55 minutes, held-out masked-token accuracy 12.3% (loss 6.38 nats; word frequencies alone
 6.4%, 7.06). Fine-tuning from it did not beat training from scratch on SST-2 or STS-B
-(experiments/results/README.md, "Self-pretraining"). `--config.objective=electra` (replaced-token
+(experiments/results/topic_self_pretraining.md). `--config.objective=electra` (replaced-token
 detection; experiments/results/pretrain_electra.json, 2500 steps in 42 minutes) did not either:
 its detector stayed at answering "original" for every token. `--config.model.position=alibi`
 (experiments/results/pretrain_alibi.json) reaches 11.6% in 1000 steps (9 minutes), about what

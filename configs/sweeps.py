@@ -19,7 +19,7 @@
                 worse; every-exit, ELECTRA and 1000-step ALiBi bodies no better than scratch;
                 the 5000-step ALiBi body SST-2 +1.95, 1.8 paired SEs, STS-B +0.76).
 
-Tables land in experiments/results/<sweep>.{md,csv,json}; experiments/results/README.md reads them.
+Tables land in experiments/results/<sweep>.{md,csv,json}; the topic pages there read them.
 Budgets are sized for a 2-core CPU (each run about 30 minutes at most); they are overrides like
 any other, so a run on an accelerator drops them (`--budget=full`).
 """

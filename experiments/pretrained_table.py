@@ -1,4 +1,4 @@
-"""Prints the self-pretraining comparison of the results README from the committed sweep JSON.
+"""Prints the table of experiments/results/topic_self_pretraining.md from the committed sweep JSON.
 
   python experiments/pretrained_table.py [--summaries=experiments/results/pretrained_seeds.json]
 

@@ -1,4 +1,4 @@
-"""Prints the results README's reproduction table from the committed sweep JSON.
+"""Prints the table of experiments/results/topic_reproduction.md from the committed sweep JSON.
 
   python experiments/reproduction_table.py [--table=experiments/results/reproduction.json]
 

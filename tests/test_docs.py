@@ -54,3 +54,25 @@ def test_method_references_name_existing_sections():
                     bad.append(f"{path.relative_to(REPO)}:{number}: {match.group(0)}")
     assert seen > 0, "no docs/method.md § references found: is the pattern still right?"
     assert not bad, f"docs/method.md has sections {sorted(sections)}:\n" + "\n".join(bad)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_markdown_links_resolve():
+    bad = []
+    for path in (p for p in _text_files() if p.suffix == ".md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists():
+                bad.append(f"{path.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", dest.read_text(encoding="utf-8"), re.MULTILINE)
+                if anchor not in {_anchor(h) for h in headings}:
+                    bad.append(f"{path.relative_to(REPO)}: {target} (no such heading)")
+    assert not bad, "\n".join(bad)
