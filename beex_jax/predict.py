@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import tokenizers
 
-from beex_jax import checkpointing, data, early_exit, export, export_loader, flops
+from beex_jax import checkpointing, config_fields, data, early_exit, export, export_loader, flops
 from beex_jax import exits as ex
 from beex_jax.data import glue_builder, pipeline
 from beex_jax.data import tokenizer as tokenizer_lib
@@ -309,6 +309,8 @@ def predict(
     `config` (the command line's, may be None) must name the same task; its `exit` section then
     replaces the model's saved one, so `--config.exit.delta=0.2` changes the exit rule.
     """
+    if config is not None:
+        config_fields.check_ranges(config)  # Before loading: --config.exit.delta=nan, ...
     predictor = load(workdir, mode=mode, batch_size=batch_size)
     if config is not None:
         if config.get("task") != predictor.task:
