@@ -198,7 +198,7 @@ def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 # Fields younger than some workdirs; their defaults are what those workdirs ran.
 ADDED_MODEL_FIELDS = ("position",)
-ADDED_OPTIM_FIELDS = {"layer_decay": 1.0}
+ADDED_OPTIM_FIELDS = {"layer_decay": 1.0, "embedding_lr_scale": 1.0}
 
 
 def check_config_matches(

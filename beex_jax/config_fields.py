@@ -81,6 +81,7 @@ NUMERIC_FIELDS: dict[str, str] = {
     "optim.grad_clip_norm": ">= 0",
     "optim.body_lr_scale": ">= 0",
     "optim.layer_decay": "in (0, 1]",
+    "optim.embedding_lr_scale": ">= 0",
     "optim.b1": "in [0, 1)",
     "optim.b2": "in [0, 1)",
     # pretraining objectives (docs/method.md §8).

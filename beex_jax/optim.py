@@ -24,6 +24,7 @@ Params = Any
 NO_DECAY_NAMES = ("bias", "scale")
 # The body a pretrained model hands over (init_from.py): the embedding and the blocks.
 BODY_PREFIXES = ("embed/", "stages/block/")
+TOKEN_EMBEDDING_PREFIX = "embed/token/"
 
 
 def _leaf_name(path: tuple[Any, ...]) -> str:
@@ -56,6 +57,15 @@ def body_mask(params: Params) -> Params:
         return _path_name(path).startswith(BODY_PREFIXES)
 
     return jax.tree_util.tree_map_with_path(in_body, params)
+
+
+def token_embedding_mask(params: Params) -> Params:
+    """True on the token embedding table alone."""
+
+    def is_token_table(path, _):
+        return _path_name(path).startswith(TOKEN_EMBEDDING_PREFIX)
+
+    return jax.tree_util.tree_map_with_path(is_token_table, params)
 
 
 def layer_decay_scales(params: Params, decay: float, num_blocks: int) -> Params:
@@ -108,7 +118,9 @@ def create_optimizer(
     With `optim.body_lr_scale` != 1 the body's updates (weight decay included) are scaled by it:
     a gentler learning rate for a pretrained embedding and blocks than for the fresh exit heads.
     With `optim.layer_decay` < 1 the rate also falls by that factor per block below the top one
-    (`layer_decay_scales`), composing with `body_lr_scale`.
+    (`layer_decay_scales`), composing with `body_lr_scale`. `optim.embedding_lr_scale` scales the
+    token embedding table's updates alone (composing with both): a pretrained table (word
+    vectors) kept while fresh blocks learn at the full rate.
     """
     schedule = learning_rate_schedule(config, num_train_steps)
     parts = []
@@ -125,6 +137,9 @@ def create_optimizer(
     )
     if config.optim.body_lr_scale != 1.0:
         parts.append(optax.masked(optax.scale(config.optim.body_lr_scale), body_mask))
+    embedding_lr_scale = config.optim.get("embedding_lr_scale", 1.0)
+    if embedding_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(embedding_lr_scale), token_embedding_mask))
     if config.optim.layer_decay != 1.0:
         parts.append(scale_by_layer_decay(config.optim.layer_decay, config.model.num_layers))
     if config.optim.clip_latent and config.model.binarize:

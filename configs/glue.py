@@ -201,6 +201,10 @@ def optim_config() -> ml_collections.ConfigDict:
     # Layer-wise learning-rate decay: block i of L gets decay ** (L - i) of the rate, the
     # embedding decay ** (L + 1), the heads 1 (ELECTRA-style fine-tuning of a pretrained body).
     optim.layer_decay = 1.0
+    # Learning-rate multiplier of the token embedding table alone (composes with the two above):
+    # below 1, fresh blocks learn at the full rate while a pretrained table (word vectors) moves
+    # slowly; its latent values sit near 0.02, where a few full-rate Adam steps flip their signs.
+    optim.embedding_lr_scale = 1.0
     optim.b1 = 0.9
     optim.b2 = 0.999
     return optim

@@ -345,3 +345,14 @@ def test_command_line_rejects_unknown_fields_and_wrong_types(flag, message, caps
         main.flags.FLAGS.unparse_flags()
     assert exit_info.value.code != 0
     assert re.search(message, f"{exit_info.value.code}{capsys.readouterr()}", re.DOTALL)
+
+
+def test_embedding_lr_scale_scales_only_the_token_table():
+    params = _body_and_heads(num_blocks=2)
+    full, slow = _first_update(params), _first_update(params, embedding_lr_scale=0.1)
+    chex.assert_trees_all_close(
+        slow["embed"], jax.tree.map(lambda u: 0.1 * u, full["embed"]), rtol=1e-3
+    )
+    chex.assert_trees_all_equal(slow["stages"], full["stages"])
+    frozen = _first_update(params, embedding_lr_scale=0.0)
+    assert float(jnp.abs(frozen["embed"]["token"]["binary_embedding"]).max()) == 0.0
