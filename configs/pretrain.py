@@ -25,6 +25,13 @@ learned positions reach in 4000, and its attention reads context. For 5000 steps
 fine-tuning from it gives SST-2 81.31 on two seeds against 79.35 from scratch (+1.95, 1.8 paired
 standard errors: not yet a measured gain) and STS-B +0.76 (noise).
 
+Word vectors for the embedding alone (`--config.objective=word_vectors`, beex_jax/word_vectors.py;
+experiments/results/word_vector_stages.json): over GLUE train text plus the IMDB reviews
+(`--config.data.text_files=../shared/data/text/imdb/imdb_*.txt.xz`, 29.9M tokens) the stage takes
+18.7 minutes here. Fine-tuned with `--config.init_from` and `--config.optim.embedding_lr_scale=0.1`,
+SST-2 (one epoch) +1.55 and STS-B +1.27 over scratch with the same vocabulary: not yet two SEs
+(experiments/results/topic_word_vectors.md).
+
 Variants after the colon: `size=tiny|small|base` (the GLUE config's sizes). More text:
 `--config.data.text_files=a.txt,b.txt`, or a TFDS text dataset (`--config.data.tfds_text=
 wikipedia/20230601.en --config.data.text_key=text`), which is what an accelerator run would use.

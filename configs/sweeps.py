@@ -1,6 +1,6 @@
 """Sweeps: named lists of training runs (config variant + overrides) for experiments/sweep.py.
 
-  python experiments/sweep.py --sweep=reproduction|ablations|target|recipe|pretrained \
+  python experiments/sweep.py --sweep=reproduction|ablations|target|recipe|pretrained|word_vectors \
       --root=runs/sweeps --glue_dir=../shared/data/glue
 
   reproduction  binarized and float BEExformer on cola, mrpc, rte, stsb, wnli (10 epochs) and
@@ -18,6 +18,10 @@
                 equal, SST-2 -2.2 within noise; a quarter body learning rate and layer decay
                 worse; every-exit, ELECTRA and 1000-step ALiBi bodies no better than scratch;
                 the 5000-step ALiBi body SST-2 +1.95, 1.8 paired SEs, STS-B +0.76).
+
+  word_vectors  fine-tuned from skip-gram word vectors (GLUE text; GLUE + IMDB) vs scratch with
+                the same vocabulary, two seeds. Measured (STS-B, SST-2 one epoch): no gain by two
+                SEs; best the IMDB vectors with the table at 0.1x the rate, SST-2 +1.55 (1.6 SE).
 
 Tables land in experiments/results/<sweep>.{md,csv,json}; the topic pages there read them.
 Budgets are sized for a 2-core CPU (each run about 30 minutes at most); they are overrides like
