@@ -84,11 +84,35 @@ def scale_factor(w: jax.Array, *, scale: str, axis: int | tuple[int, ...]) -> ja
     raise ValueError(f"Unknown scale {scale!r}; valid: {SCALES}.")
 
 
-def _binarize(w, *, surrogate, scale, detach_scale, axis):
+def binary_factors(
+    w: jax.Array,
+    *,
+    axis: int,
+    surrogate: str = "approx_sign",
+    scale: str = "per_channel",
+    detach_scale: bool = False,
+    packed: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """(alpha, sign(w)) of B(w) = alpha * sign(w), apart (alpha with keepdims over `axis`).
+
+    A dot in bfloat16 takes sign(w) exactly and multiplies its float32 result by alpha
+    (`beex_jax.layers.BinaryDense`). `packed`: w already holds alpha * sign(W) (an exported or
+    `binarize_params` model), every entry of an alpha group has the same |value|, so alpha is
+    the group's max |w| and the sign is w's.
+    """
+    if packed:
+        return jnp.max(jnp.abs(w), axis=axis, keepdims=True), _hard_sign(w)
     alpha = scale_factor(w, scale=scale, axis=axis)
     if detach_scale:
         alpha = jax.lax.stop_gradient(alpha)
-    return alpha * get_sign(surrogate)(w)
+    return alpha, get_sign(surrogate)(w)
+
+
+def _binarize(w, *, surrogate, scale, detach_scale, axis):
+    alpha, signs = binary_factors(
+        w, axis=axis, surrogate=surrogate, scale=scale, detach_scale=detach_scale
+    )
+    return alpha * signs
 
 
 def binarize_kernel(

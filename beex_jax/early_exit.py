@@ -35,7 +35,6 @@ import numpy as np
 from beex_jax import exits as ex
 from beex_jax import flops
 from beex_jax.model import (
-    ACCELERATORS,
     BEExformer,
     Embedder,
     ModelConfig,
@@ -43,6 +42,7 @@ from beex_jax.model import (
     Stage,
     stage_params,
 )
+from beex_jax.precision import ACCELERATORS
 
 Batch = Mapping[str, Any]
 CHUNK_TOKENS = ex.ExitConfig.chunk_tokens  # Tokens per chunk on CPU when none is configured.

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from beex_jax import binarize as bz
+from beex_jax import layers
 from beex_jax.model import Block, Embedder, ModelConfig
 
 Params = Any
@@ -92,9 +93,22 @@ class MLMHead(nn.Module):
             h = nn.LayerNorm(dtype=dtype, name="input_norm")(h)
         h = nn.gelu(cfg.dense()(cfg.hidden_dim, name="transform")(h))
         h = nn.LayerNorm(dtype=dtype, name="norm")(h)
-        output = tied_output_table(table, cfg)
         bias = self.param("bias", nn.initializers.zeros, (table.shape[0],), jnp.float32)
-        logits = jnp.einsum("...d,vd->...v", h.astype(dtype), output.astype(dtype))
+        if cfg.binarize:  # Tied to the whole table binarized, as `tied_output_table` gives it.
+            logits = layers.binary_einsum(
+                "...d,vd->...v",
+                h,
+                table,
+                axis=-1,
+                dtype=dtype,
+                dot_dtype=cfg.dot_dtype,
+                packed=cfg.packed_weights,
+                surrogate=cfg.surrogate,
+                scale=cfg.scale,
+                detach_scale=cfg.detach_scale,
+            )
+        else:
+            logits = layers.einsum("...d,vd->...v", h, table, dtype=dtype, dot_dtype=cfg.dot_dtype)
         return (logits + bias.astype(dtype)).astype(jnp.float32)
 
 

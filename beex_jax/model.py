@@ -18,13 +18,20 @@ import jax
 import jax.numpy as jnp
 
 from beex_jax import binarize as bz
+from beex_jax import precision
 from beex_jax.config_fields import dataclass_from_section
-from beex_jax.layers import SLFN, BinaryDense, BinaryEmbed, FeedForward, MultiHeadAttention
+from beex_jax.layers import (
+    SLFN,
+    BinaryDense,
+    BinaryEmbed,
+    FeedForward,
+    MultiHeadAttention,
+    dense_dot_general,
+)
 
 Params = Any
 NORMS = ("post", "pre")
 POSITIONS = ("learned", "alibi")
-ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")  # Backends where "auto" computes in bfloat16.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +60,9 @@ class ModelConfig:
     detach_scale: bool = False
     binarize_activations: bool = False
     packed_weights: bool = False  # Binary leaves already hold alpha * sign(W) (exported model).
-    dtype: str = "auto"  # Activations; auto: bfloat16 on GPU/TPU, float32 on CPU.
+    # float32 | bfloat16 | bf16_f32 (bf16 dot operands, float32 accumulation and activations) |
+    # auto: bfloat16 on GPU/TPU, bf16_f32 on CPUs with bf16 dots, else float32 (precision.py).
+    dtype: str = "auto"
 
     @classmethod
     def from_config(cls, model_config: Any) -> ModelConfig:
@@ -61,12 +70,19 @@ class ModelConfig:
         return dataclass_from_section(cls, model_config, "model")
 
     @property
+    def compute_dtype(self) -> str:
+        """The mode `dtype` resolves to here ("auto" by backend and CPU; `beex_jax.precision`)."""
+        return precision.resolve_here(self.dtype)
+
+    @property
     def activation_dtype(self) -> jnp.dtype:
-        """The compute dtype of activations (parameters stay float32); "auto" by backend."""
-        if self.dtype == "auto":
-            accelerator = jax.default_backend() in ACCELERATORS
-            return jnp.dtype(jnp.bfloat16 if accelerator else jnp.float32)
-        return jnp.dtype(self.dtype)
+        """The compute dtype of activations and dot results (parameters stay float32)."""
+        return precision.activation_dtype(self.compute_dtype)
+
+    @property
+    def dot_dtype(self) -> jnp.dtype:
+        """The dtype of dot operands (`beex_jax.layers.einsum`)."""
+        return precision.dot_dtype(self.compute_dtype)
 
     def for_inference(self) -> ModelConfig:
         """This config as served: binary leaves hold alpha * sign(W) when binarized."""
@@ -83,6 +99,7 @@ class ModelConfig:
             binarize_inputs=self.binarize_activations,
             packed_weights=self.packed_weights,
             dtype=self.activation_dtype,
+            dot_dtype=self.dot_dtype,
         )
 
 
@@ -188,7 +205,12 @@ class ExitHead(nn.Module):
             h = nn.LayerNorm(dtype=cfg.activation_dtype, name="norm")(h)
         pooled = masked_mean(h, mask)
         hidden = nn.relu(cfg.dense()(cfg.exit_dim, name="hidden")(pooled))
-        logits = nn.Dense(cfg.num_classes, dtype=cfg.activation_dtype, name="logits")(hidden)
+        logits = nn.Dense(
+            cfg.num_classes,
+            dtype=cfg.activation_dtype,
+            dot_general=dense_dot_general(cfg.activation_dtype, cfg.dot_dtype),
+            name="logits",
+        )(hidden)
         return logits.astype(jnp.float32)
 
 

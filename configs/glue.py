@@ -182,7 +182,8 @@ def model_config(
     model.scale = "per_channel"  # per_channel | per_tensor | none.
     model.detach_scale = False  # Stop the gradient through alpha.
     model.binarize_activations = False  # W1A1 inputs to binarized dense layers.
-    # Activation dtype: auto is bfloat16 on GPU/TPU and float32 on CPU; params stay float32.
+    # auto (bfloat16 on GPU/TPU, bf16_f32 on CPUs with bf16 dots, else float32) | float32 |
+    # bfloat16 | bf16_f32 (bf16 dot operands, float32 accumulation/activations); params float32.
     model.dtype = "auto"
     return model
 
