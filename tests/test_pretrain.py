@@ -258,7 +258,7 @@ def test_fine_tuning_starts_from_the_pretrained_values(pretrained, tmp_path, tfd
     training_runs.run(
         training_runs.command(
             finetuned, tfds_dir, **{
-                "init_from": workdir, "init_from_step": 4, "optim.learning_rate": 0.0,
+                "init_from": workdir, "init_from_step": 4, "optim.body_lr_scale": 0.0,
                 "data.max_length": 32, "num_train_steps": 2,
             },
         ),
@@ -271,7 +271,7 @@ def test_fine_tuning_starts_from_the_pretrained_values(pretrained, tmp_path, tfd
         for k, v in jax.tree.leaves_with_path(init_from.load_params(str(workdir), step=4))
     }
     got = training_runs.final_params(finetuned)
-    for name, value in got.items():  # A zero learning rate leaves the loaded values as they are.
+    for name, value in got.items():  # A frozen body keeps the loaded values.
         if "['exit']" in name:
             continue
         want = source[name]

@@ -164,7 +164,7 @@ def test_fine_tuning_starts_from_exactly_the_word_vector_table(vector_workdir, t
     finetuned = tmp_path / "finetuned"
     overrides = {
         "init_from": workdir,
-        "optim.learning_rate": 0.0,
+        "optim.body_lr_scale": 0.0,
         "num_train_steps": 2,
         "model.norm": "pre",  # Any architecture of the same width takes the embedding.
         "model.position": "alibi",
@@ -187,7 +187,7 @@ def test_mlm_stage_starts_from_the_word_vectors(vector_workdir, tmp_path, tfds_d
         init_from=workdir,
         **{
             "data.corpus_tasks": "wnli",
-            "optim.learning_rate": 0.0,
+            "optim.body_lr_scale": 0.0,
             "num_train_steps": 2,
             "batch_size": 8,
             "eval_batch_size": 8,
