@@ -186,7 +186,12 @@ def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
         if field.name in ADDED_MODEL_FIELDS
     }
     config = dict(config)
-    for section, defaults in (("model", model_defaults), ("optim", ADDED_OPTIM_FIELDS)):
+    sections = (
+        ("model", model_defaults),
+        ("optim", ADDED_OPTIM_FIELDS),
+        ("exit", ADDED_EXIT_FIELDS),
+    )
+    for section, defaults in sections:
         if isinstance(config.get(section), Mapping):
             config[section] = {**defaults, **config[section]}
     data = config.get("data")
@@ -197,8 +202,10 @@ def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # Fields younger than some workdirs; their defaults are what those workdirs ran.
-ADDED_MODEL_FIELDS = ("position",)
+ADDED_MODEL_FIELDS = ("position", "remat")  # remat changes no number, only the speed.
 ADDED_OPTIM_FIELDS = {"layer_decay": 1.0, "embedding_lr_scale": 1.0}
+# Runs before exit.tail_split computed whole chunks only; the predictions are the same.
+ADDED_EXIT_FIELDS = {"tail_split": 4}
 
 
 def check_config_matches(

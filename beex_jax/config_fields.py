@@ -69,6 +69,7 @@ NUMERIC_FIELDS: dict[str, str] = {
     "exit.chunk_size": ">= 0",
     "exit.chunk_tokens": ">= 1",
     "exit.min_chunks": ">= 1",
+    "exit.tail_split": ">= 1",
     # loss (docs/method.md §4).
     "loss.tau": "> 0",
     "loss.lam": ">= 0",

@@ -4,7 +4,9 @@ The batch keeps static shapes; what shrinks is the *active prefix*. Rows of the 
 kept in a slot order that puts the still-running examples first. For block i, a
 `jax.lax.while_loop` (a `fori_loop` with a traced trip count) runs stage i on consecutive chunks of
 rows of that prefix only (`exit_chunk_rows`: chosen from the batch, its length and the device, so
-that a small batch is split too, unless `config.exit.chunk_size` fixes it); the online exit
+that a small batch is split too, unless `config.exit.chunk_size` fixes it; the rows past the last
+full chunk in chunks `config.exit.tail_split` times smaller, so that few exited rows are
+computed); the online exit
 policy (`beex_jax.exits.policy_step`) then decides for the rows just computed, and a stable sort
 on "has exited" moves the survivors to the front again. The outer `while_loop` over blocks stops
 as soon as nobody is left. Every row is computed independently of the others in its chunk
@@ -224,24 +226,33 @@ def early_exit_forward(
     h = Embedder(cfg).apply({"params": params["embed"]}, input_ids, segment_ids)
     stage = Stage(cfg)
 
+    # The rows past the last full chunk run in chunks of `tail` rows (a divisor of `chunk`).
+    tail = max(1, chunk // exit_config.tail_split) if chunk & (chunk - 1) == 0 else chunk
+
     def run_block(block, num_active, h, mask):
         """Stage `block` on the chunks covering the first `num_active` slots -> (h, logits)."""
         p = stage_params(params, block)
 
-        def run_chunk(c, carry):
-            h, logits = carry
-            start = c * chunk
-            rows = jax.lax.dynamic_slice_in_dim(h, start, chunk)
-            rows_mask = jax.lax.dynamic_slice_in_dim(mask, start, chunk)
-            rows, rows_logits = stage.apply({"params": p}, rows, rows_mask)
-            h = jax.lax.dynamic_update_slice_in_dim(h, rows, start, axis=0)
-            logits = jax.lax.dynamic_update_slice_in_dim(logits, rows_logits, start, axis=0)
-            return h, logits
+        def run_rows(size, offset):
+            def run_chunk(c, carry):
+                h, logits = carry
+                start = offset + c * size
+                rows = jax.lax.dynamic_slice_in_dim(h, start, size)
+                rows_mask = jax.lax.dynamic_slice_in_dim(mask, start, size)
+                rows, rows_logits = stage.apply({"params": p}, rows, rows_mask)
+                h = jax.lax.dynamic_update_slice_in_dim(h, rows, start, axis=0)
+                logits = jax.lax.dynamic_update_slice_in_dim(logits, rows_logits, start, axis=0)
+                return h, logits
 
-        num_chunks = (num_active + chunk - 1) // chunk
+            return run_chunk
+
+        full = num_active // chunk
+        tails = (num_active - full * chunk + tail - 1) // tail
         logits = jnp.zeros((slots, num_classes), jnp.float32)
-        h, logits = jax.lax.fori_loop(0, num_chunks, run_chunk, (h, logits))
-        return h, logits, num_chunks * chunk
+        h, logits = jax.lax.fori_loop(0, full, run_rows(chunk, 0), (h, logits))
+        # tail divides chunk, so full * chunk + tails * tail <= slots: every slice is in bounds.
+        h, logits = jax.lax.fori_loop(0, tails, run_rows(tail, full * chunk), (h, logits))
+        return h, logits, full * chunk + tails * tail
 
     def body(carry):
         block, num_active, rows, out, rows_run = carry

@@ -94,6 +94,9 @@ class ExitConfig:
     chunk_size: int = struct.field(pytree_node=False, default=0)
     chunk_tokens: int = struct.field(pytree_node=False, default=1024)  # CPU chunk, in tokens.
     min_chunks: int = struct.field(pytree_node=False, default=8)  # Chunks per batch, at least.
+    # The active rows past a block's last full chunk run in chunks of chunk / tail_split rows
+    # (a power of two; 1: one more full chunk), so fewer exited rows are computed.
+    tail_split: int = struct.field(pytree_node=False, default=4)
 
     @classmethod
     def from_config(cls, exit_config: Any) -> ExitConfig:
@@ -111,6 +114,8 @@ class ExitConfig:
                 f"chunk_size must be >= 0 (0: auto), chunk_tokens and min_chunks >= 1; got "
                 f"{self.chunk_size}, {self.chunk_tokens}, {self.min_chunks}."
             )
+        if self.tail_split < 1 or self.tail_split & (self.tail_split - 1):
+            raise ValueError(f"tail_split must be a power of two >= 1, not {self.tail_split}.")
         if isinstance(self.min_exit_block, int):  # Concrete (not traced): check it.
             if self.min_exit_block < 1:
                 raise ValueError(f"min_exit_block is 1-based, got {self.min_exit_block}.")

@@ -24,7 +24,7 @@ import optax
 
 from beex_jax import binarize as bz
 from beex_jax import layers
-from beex_jax.model import Block, Embedder, ModelConfig
+from beex_jax.model import Block, Embedder, ModelConfig, rematted
 
 Params = Any
 
@@ -44,7 +44,7 @@ class _BodyStage(nn.Module):
 def body_blocks(config: ModelConfig, num_layers: int, deterministic: bool, name: str) -> nn.Module:
     """`num_layers` blocks scanned under `name`: (h, mask) -> (last output, every output)."""
     return nn.scan(
-        _BodyStage,
+        rematted(_BodyStage, config),
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast,

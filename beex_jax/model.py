@@ -32,6 +32,7 @@ from beex_jax.layers import (
 Params = Any
 NORMS = ("post", "pre")
 POSITIONS = ("learned", "alibi")
+REMAT_MODES = ("auto", "none", "block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,11 @@ class ModelConfig:
     # float32 | bfloat16 | bf16_f32 (bf16 dot operands, float32 accumulation and activations) |
     # auto: bfloat16 on GPU/TPU, bf16_f32 on CPUs with bf16 dots, else float32 (precision.py).
     dtype: str = "auto"
+    # Training only. block: each stage's activations are recomputed in the backward pass from
+    # its input (jax.checkpoint), not saved; none: saved. auto: block on CPU, where the step is
+    # memory-bound and recomputing is faster (experiments/benchmarks/bench_roofline.py), none on
+    # GPU/TPU.
+    remat: str = "auto"
 
     @classmethod
     def from_config(cls, model_config: Any) -> ModelConfig:
@@ -83,6 +89,15 @@ class ModelConfig:
     def dot_dtype(self) -> jnp.dtype:
         """The dtype of dot operands (`beex_jax.layers.einsum`)."""
         return precision.dot_dtype(self.compute_dtype)
+
+    @property
+    def remat_blocks(self) -> bool:
+        """Whether training recomputes each block's activations (`remat` resolved here)."""
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"model.remat must be one of {REMAT_MODES}, not {self.remat!r}.")
+        if self.remat == "auto":
+            return jax.default_backend() not in precision.ACCELERATORS
+        return self.remat == "block"
 
     def for_inference(self) -> ModelConfig:
         """This config as served: binary leaves hold alpha * sign(W) when binarized."""
@@ -245,7 +260,7 @@ class BEExformer(nn.Module):
         chex.assert_equal_shape([input_ids, segment_ids, mask])
         h = Embedder(cfg, name="embed")(input_ids, segment_ids, deterministic=deterministic)
         stages = nn.scan(
-            Stage,
+            rematted(Stage, cfg),
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=nn.broadcast,
@@ -254,6 +269,15 @@ class BEExformer(nn.Module):
         _, logits = stages(cfg, deterministic, name="stages")(h, mask)
         chex.assert_shape(logits, (cfg.num_layers, input_ids.shape[0], cfg.num_classes))
         return logits
+
+
+def rematted(module: type[nn.Module], config: ModelConfig) -> type[nn.Module]:
+    """`module` recomputed in the backward pass when `config.remat_blocks`, else as it is.
+
+    `prevent_cse=False`: the module is a scan body, where no common-subexpression elimination
+    can merge the recomputation with the forward pass (the `jax.checkpoint` docs).
+    """
+    return nn.remat(module, prevent_cse=False) if config.remat_blocks else module
 
 
 def stage_params(params: Params, index: jax.Array | int) -> Params:

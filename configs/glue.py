@@ -125,6 +125,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.exit.chunk_size = 0
     config.exit.chunk_tokens = 1024  # Tokens per chunk on CPU (activations stay in cache).
     config.exit.min_chunks = 8  # Early exit splits a batch at least this finely.
+    # A block's active rows past its last full chunk run in chunks this many times smaller.
+    config.exit.tail_split = 4
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "soft_routing"  # soft_routing | mean | weighted.
@@ -185,6 +187,9 @@ def model_config(
     # auto (bfloat16 on GPU/TPU, bf16_f32 on CPUs with bf16 dots, else float32) | float32 |
     # bfloat16 | bf16_f32 (bf16 dot operands, float32 accumulation/activations); params float32.
     model.dtype = "auto"
+    # auto (block on CPU, none on GPU/TPU) | block (recompute each block's activations in the
+    # backward pass instead of saving them) | none. Training only; the outputs are the same.
+    model.remat = "auto"
     return model
 
 

@@ -34,9 +34,21 @@ def make_config(**exit_overrides):
     config = glue.get_config("size=tiny").unlock()
     config.model.num_layers = NUM_LAYERS
     config.model.vocab_size = 100
+    # float32: chunks of other sizes then give the same logits to 1e-5 (with bf16 dot operands,
+    # "auto" on a CPU with bf16 dots, GEMM kernels chosen by shape differ by ~1e-3;
+    # tests/test_mixed_precision.py bounds that).
+    config.model.dtype = "float32"
     for key, value in exit_overrides.items():
         config.exit[key] = value
     return config
+
+
+def block_rows(active: int, chunk: int, tail_split: int = ex.ExitConfig.tail_split) -> int:
+    """Rows one block computes for `active` examples: whole chunks, then the rest in chunks
+    `tail_split` times smaller (for a power-of-two chunk)."""
+    tail = max(1, chunk // tail_split) if chunk & (chunk - 1) == 0 else chunk
+    rest = active - active // chunk * chunk
+    return active // chunk * chunk + -(-rest // tail) * tail
 
 
 @functools.cache
@@ -139,26 +151,35 @@ def test_extreme_deltas_and_skipped_work(batch_size):
     """delta = -inf: all blocks for everyone; +inf: everyone stops at min_exit_block, early."""
     batch = make_batch(batch_size, seed=batch_size)
     chunk = early_exit.exit_chunk_rows(ex.ExitConfig(), batch_size, LENGTH)
-    slots = -(-batch_size // chunk) * chunk
     for delta, blocks in ((-np.inf, NUM_LAYERS), (np.inf, 2)):
         early, work = assert_same_predictions(
             make_config(delta=delta), model_params(), batch, min_decisive=1.0
         )
         np.testing.assert_array_equal(early["exit_index"], np.full(batch_size, blocks - 1))
         assert int(work["blocks_run"]) == blocks
-        assert int(work["rows_run"]) == blocks * slots
+        assert int(work["rows_run"]) == blocks * block_rows(batch_size, chunk)
 
 
-def test_rows_run_follow_the_active_prefix():
-    """Each block runs ceil(active / chunk) chunks: the examples still going, rounded up."""
+@pytest.mark.parametrize("tail_split", (1, 2, 4))
+def test_rows_run_follow_the_active_prefix(tail_split):
+    """Each block runs the examples still going: whole chunks, then the rest in smaller ones
+    (tail_split 1: ceil(active / chunk) whole chunks); the predictions do not change."""
     batch_size, chunk = 23, 4
-    config = make_config(delta=0.0, chunk_size=chunk)
+    config = make_config(delta=0.0, chunk_size=chunk, tail_split=tail_split)
     early, work = assert_same_predictions(config, model_params(), make_batch(batch_size, 5))
     last_block = np.asarray(early["last_block"])
     active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
     assert 0 < active[-1] < batch_size  # Some, not all, reach the last block.
-    assert int(work["rows_run"]) == sum(-(-a // chunk) * chunk for a in active if a)
+    want = sum(block_rows(a, chunk, tail_split) for a in active if a)
+    assert int(work["rows_run"]) == want
+    if tail_split > 1:  # Fewer rows than whole chunks, whenever a block ends inside one.
+        assert want < sum(-(-a // chunk) * chunk for a in active if a)
     assert int(work["blocks_run"]) == last_block.max() + 1
+
+
+def test_tail_split_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="tail_split must be a power of two"):
+        ex.ExitConfig(tail_split=3).validate()
 
 
 def test_result_independent_of_chunk_composition():
@@ -251,7 +272,7 @@ def test_small_batches_skip_exited_examples(batch_size):
     chunk = early_exit.exit_chunk_rows(ex.ExitConfig(), batch_size, LENGTH)
     assert chunk < batch_size
     active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
-    assert int(work["rows_run"]) == sum(-(-a // chunk) * chunk for a in active if a)
+    assert int(work["rows_run"]) == sum(block_rows(a, chunk) for a in active if a)
     assert int(work["rows_run"]) < batch_size * int(work["blocks_run"])  # Work was saved.
 
 
@@ -289,4 +310,4 @@ def test_padding_rows_past_num_rows_are_skipped():
         np.testing.assert_array_equal(outputs[key][:num_rows], early[key])
     last_block = np.asarray(early["last_block"])
     active = [(last_block >= b).sum() for b in range(NUM_LAYERS)]
-    assert int(work["rows_run"]) == sum(-(-a // 4) * 4 for a in active if a)
+    assert int(work["rows_run"]) == sum(block_rows(a, 4) for a in active if a)

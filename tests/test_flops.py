@@ -156,9 +156,10 @@ def xla_flops_unrolled(cfg: ModelConfig, batch: int, length: int) -> float:
     The stages are chained in Python (as the scan would run them) because XLA's cost analysis
     counts the body of a while loop once, not once per iteration. `packed_weights=True` is the
     exported model: binarizing the latent weights is per-call weight preparation, not work per
-    example, and is not in the analytic count.
+    example, and is not in the analytic count. float32: XLA would count the conversions of
+    bf16_f32 ("auto" on a CPU with bf16 dots) as elementwise FLOPs too.
     """
-    cfg = dataclasses.replace(cfg, packed_weights=True)
+    cfg = dataclasses.replace(cfg, packed_weights=True, dtype="float32")
     params = jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
     ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
 

@@ -175,14 +175,14 @@ def _train_loss(model_config: ModelConfig):
 
 
 def test_every_dot_of_the_training_step_is_bf16_into_float32():
-    config = _model_config("bf16_f32")
+    config = _model_config("bf16_f32", remat="none")  # Recomputed dots: tests/test_remat.py.
     text = jax.jit(jax.value_and_grad(_train_loss(config))).lower(_latent_params()).as_text()
     narrow, wide = _split(_dots(text))
     # The scan holds one stage: 10 dense layers (Q, K, V, O, 4 SLFN, 2 exit head), each with a
     # narrow forward dot and d/dinput, and a float32 d/dweights; the attention's 2 dots forward
     # and their 4 backward stay float32.
     assert len(narrow) == 2 * 10 and len(wide) == 10 + 6
-    float_text = jax.jit(jax.value_and_grad(_train_loss(_model_config("float32"))))
+    float_text = jax.jit(jax.value_and_grad(_train_loss(_model_config("float32", remat="none"))))
     assert "bf16" not in float_text.lower(_latent_params()).as_text()
 
 

@@ -39,6 +39,9 @@ TINY_OVERRIDES: dict[str, Any] = {
     "checkpoint_every_steps": 2,
     "eval_every_steps": 3,
     "log_every_steps": 1,
+    # Runs on different meshes must agree to 1e-5: float32 whatever the CPU (with bf16 dots,
+    # "auto" would pick bf16_f32, whose GEMM kernels, chosen by shape, differ by ~1e-3).
+    "model.dtype": "float32",
 }
 
 
