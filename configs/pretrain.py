@@ -12,7 +12,7 @@ then fine-tune from it (its vocabulary, embedding and blocks are used):
       --config.init_from=runs/pretrain
 
 Measured on the 2-core CPU (experiments/results/pretrain_long.json; `python
-experiments/pretrain.py --root=runs/pretrain-long --steps=5000 --stages=pretrain-float
+experiments/sweeps/pretrain.py --root=runs/pretrain-long --steps=5000 --stages=pretrain-float
 --record=pretrain_long`: full precision, pre-LN, batch 16 rows of 128): 5000 steps = 10.2M tokens
 in 55 minutes, held-out masked-token accuracy 12.3% (loss 6.38 nats; word frequencies alone
 6.4%, 7.06). Fine-tuning from it did not beat training from scratch on SST-2 or STS-B

@@ -1,6 +1,7 @@
-"""Sweeps: named lists of training runs (config variant + overrides) for experiments/sweep.py.
+"""Sweeps: named lists of training runs (config variant + overrides) for the sweep runner.
 
-  python experiments/sweep.py --sweep=reproduction|ablations|target|recipe|pretrained|word_vectors \
+  python experiments/sweeps/sweep.py \
+      --sweep=reproduction|ablations|target|recipe|pretrained|word_vectors \
       --root=runs/sweeps --glue_dir=../shared/data/glue
 
   reproduction  binarized and float BEExformer on cola, mrpc, rte, stsb, wnli (10 epochs) and
@@ -257,10 +258,11 @@ def recipe(budget: str = "cpu") -> list[Run]:
 # (`runs/pretrain-float`; its command is in experiments/results/pretrain.json), fine-tuned with
 # binarization-aware training (its weights initialise the latent weights), against the same
 # pre-LN model from scratch, at the same fine-tuning budget and seeds. A binarized second
-# pretraining stage (experiments/pretrain.py --stages=pretrain-float,pretrain) was not run here:
+# pretraining stage (experiments/sweeps/pretrain.py --stages=pretrain-float,pretrain) was not run
+# here:
 # the float stage itself was still at the word-frequency stage after its 1000 steps.
 PRETRAINED_WORKDIR = "runs/pretrain-float"
-PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/pretrain.py --steps).
+PRETRAINED_STEPS = 1000  # Steps of each stage (experiments/sweeps/pretrain.py --steps).
 PRETRAINED_SEEDS = (0, 1)
 PRETRAINED_CURVE_TASKS = ("stsb", "sst2")
 PRETRAINED_CURVE_STEPS = (500,)  # An earlier checkpoint of the same pretraining, fine-tuned too.
@@ -294,7 +296,7 @@ PRETRAINED_GENTLE_BODY_LR_SCALE = 0.25
 # to predict give the early exits (and so the early-exit metric) more?
 PRETRAINED_EVERY_EXIT_WORKDIR = "runs/probe-every_exit/pretrain-float"
 # ELECTRA-style replaced-token detection (`config.objective=electra`: every token carries a loss),
-# float pre-LN, 2500 steps (`python experiments/pretrain.py --root=runs/pretrain-electra
+# float pre-LN, 2500 steps (`python experiments/sweeps/pretrain.py --root=runs/pretrain-electra
 # --steps=2500 --stages=pretrain-float --overrides=objective=electra --record=pretrain_electra`),
 # fine-tuned on STS-B and SST-2, two seeds.
 PRETRAINED_ELECTRA_WORKDIR = "runs/pretrain-electra/pretrain-float"
@@ -302,7 +304,7 @@ PRETRAINED_ELECTRA_STEPS = 2500
 # ALiBi positions (`model.position=alibi`: attention penalised by distance, no position table),
 # which the attention probe points to (experiments/results/attention_probe.json: the bodies above
 # attend by token, not by position). MLM, float pre-LN, 1000 steps (`python
-# experiments/pretrain.py --root=runs/pretrain-alibi --steps=1000 --stages=pretrain-float
+# experiments/sweeps/pretrain.py --root=runs/pretrain-alibi --steps=1000 --stages=pretrain-float
 # --overrides=model.position=alibi --record=pretrain_alibi`); fine-tuned on STS-B and SST-2, two
 # seeds, against the same ALiBi model from scratch (`scratch-alibi`).
 PRETRAINED_ALIBI_WORKDIR = "runs/pretrain-alibi/pretrain-float"
@@ -320,7 +322,8 @@ FROZEN_BODY = (("optim.body_lr_scale", 0.0),)
 # Layer-wise learning-rate decay from that body (`optim.layer_decay`, ELECTRA-small's 0.8: the
 # top block at 0.8 of the heads' rate, the bottom one at 0.26, the embedding at 0.21), two seeds.
 PRETRAINED_LAYER_DECAY = 0.8
-# A binarized second MLM stage from that float body, 1000 steps (`python experiments/pretrain.py
+# A binarized second MLM stage from that float body, 1000 steps (`python
+# experiments/sweeps/pretrain.py
 # --root=runs/pretrain-alibi-long --steps=1000 --stages=pretrain --overrides=model.position=alibi
 # --record=pretrain_alibi_long_binary`), fine-tuned on STS-B and SST-2, two seeds: does a body
 # that learned under binarization keep more for the binarized fine-tuning than the float one?

@@ -1,5 +1,6 @@
 """Standard errors of GLUE dev scores and of their differences (unpaired, from the seeds, and
-paired on the same dev examples), shared by the results tables and experiments/paired_dev.py."""
+paired on the same dev examples), shared by the results tables and
+experiments/sweeps/paired_dev.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from test_pretrain import _tiny
 
 from beex_jax import mlm
 from beex_jax.layers import MultiHeadAttention
-from experiments import attention_stats
+from experiments.probes import attention_stats
 
 # [CLS]=2, [SEP]=3, padding 0: two texts in the first row, one in the second.
 IDS = jnp.array([[2, 7, 8, 3, 9, 10, 11, 3], [2, 12, 13, 14, 3, 0, 0, 0]], jnp.int32)

@@ -76,3 +76,29 @@ def test_relative_markdown_links_resolve():
                 if anchor not in {_anchor(h) for h in headings}:
                     bad.append(f"{path.relative_to(REPO)}: {target} (no such heading)")
     assert not bad, "\n".join(bad)
+
+
+EXPERIMENT_KINDS = ("benchmarks", "sweeps", "probes")
+
+
+def test_every_experiment_script_documents_its_command_and_is_listed():
+    """Each runnable script under experiments/<kind>/ names `python experiments/<kind>/<it>.py`
+    in its docstring, and experiments/README.md lists it; no script is left at the top level."""
+    import ast
+
+    listing = (REPO / "experiments" / "README.md").read_text(encoding="utf-8")
+    problems, scripts = [], 0
+    for kind in EXPERIMENT_KINDS:
+        for path in sorted((REPO / "experiments" / kind).glob("*.py")):
+            source = path.read_text(encoding="utf-8")
+            if "__main__" not in source:
+                continue  # A library of the scripts beside it.
+            scripts += 1
+            command = f"python {path.relative_to(REPO)}"
+            if command not in (ast.get_docstring(ast.parse(source)) or ""):
+                problems.append(f"{path.relative_to(REPO)}: docstring lacks `{command}`")
+            if f"`{path.name}`" not in listing:
+                problems.append(f"experiments/README.md does not list {path.name}")
+    top = [p.name for p in (REPO / "experiments").glob("*.py") if "__main__" in p.read_text()]
+    assert scripts >= 19 and not top, (scripts, top)
+    assert not problems, "\n".join(problems)

@@ -1,5 +1,5 @@
-"""The results plots draw from sweep rows. `experiments/plots.py` defines absl flags that other
-experiment scripts define too, so it is imported in a subprocess of its own."""
+"""The results plots draw from sweep rows. `experiments/sweeps/plots.py` defines absl flags that
+other experiment scripts define too, so it is imported in a subprocess of its own."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys
 from pathlib import Path
-from experiments import plots
+from experiments.sweeps import plots
 drawn, real_plot = {}, plots.plt.Axes.plot
 def record_plot(ax, x, y, *args, **kwargs):
     drawn[kwargs.get("label")] = [list(x), list(y)]

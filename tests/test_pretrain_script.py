@@ -1,4 +1,5 @@
-"""experiments/pretrain.py: stage commands carry probe overrides, which must be config fields.
+"""experiments/sweeps/pretrain.py: stage commands carry probe overrides, which must be config
+fields.
 
 Each check runs in its own interpreter: the script's absl flags share names with other
 experiment scripts' flags (--root, --results), which cannot be defined twice in one process.
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def stage_commands(*argv: str) -> subprocess.CompletedProcess:
     """Runs the script's flag parsing and prints every stage's command as JSON."""
     code = (
-        "import json, sys; from absl import flags; from experiments import pretrain; "
+        "import json, sys; from absl import flags; from experiments.sweeps import pretrain; "
         "flags.FLAGS(['pretrain.py', *sys.argv[1:]]); "
         "print(json.dumps([pretrain.stage_command(n, o) for n, o in pretrain.STAGES]))"
     )
@@ -49,7 +50,7 @@ def test_a_probe_override_that_is_no_config_field_is_refused(item: str) -> None:
 
 def test_the_record_names_the_command_that_wrote_it() -> None:
     code = (
-        "from absl import flags; from experiments import pretrain; import sys; "
+        "from absl import flags; from experiments.sweeps import pretrain; import sys; "
         "flags.FLAGS(['pretrain.py', *sys.argv[1:]]); print(pretrain.script_command())"
     )
     argv = ["--root=runs/long", "--steps=5000", "--stages=pretrain-float", "--record=long"]
@@ -57,4 +58,4 @@ def test_the_record_names_the_command_that_wrote_it() -> None:
         [sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "python experiments/pretrain.py " + " ".join(argv)
+    assert result.stdout.strip() == "python experiments/sweeps/pretrain.py " + " ".join(argv)

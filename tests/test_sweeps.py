@@ -43,7 +43,7 @@ def test_unknown_sweep_or_budget_is_rejected() -> None:
 
 
 def test_sweep_rows_keep_the_best_glue_score_and_the_learning_curve() -> None:
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     def evaluation(step: int, f1: float, accuracy: float) -> dict[str, float]:
         return {
@@ -72,7 +72,7 @@ def test_sweep_rows_keep_the_best_glue_score_and_the_learning_curve() -> None:
 
 
 def test_seed_groups_are_summarized_by_mean_and_std() -> None:
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     def row(name: str, seed: str, score: float) -> dict:
         figures = {name: score for name in sweep.AGGREGATED}
@@ -93,7 +93,7 @@ def test_seed_groups_are_summarized_by_mean_and_std() -> None:
 
 
 def test_changes_are_judged_against_their_task_baseline_by_two_standard_errors() -> None:
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     def summary(change: str, mean: float, std: float) -> dict:
         figures = {name: mean for name in sweep.AGGREGATED}
@@ -115,7 +115,7 @@ def test_changes_are_judged_against_their_task_baseline_by_two_standard_errors()
 
 
 def test_recorded_commands_are_repo_relative(tmp_path) -> None:
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     flags_ = sweep.flags.FLAGS
     if not flags_.is_parsed():
@@ -146,14 +146,14 @@ def test_command_line_is_repo_relative():
 
     repo = str(paths.REPO)
     argv = [
-        f"{repo}/experiments/exit_policies.py",
+        f"{repo}/experiments/probes/exit_policies.py",
         f"--workdirs={repo}/runs/a,{repo}/runs/b",
         "--glue_dir",
         f"{paths.REPO.parent}/shared/data/glue",
         "--delta=0.1",
     ]
     assert paths.command_line(argv) == (
-        "python experiments/exit_policies.py --workdirs=runs/a,runs/b --glue_dir "
+        "python experiments/probes/exit_policies.py --workdirs=runs/a,runs/b --glue_dir "
         "../shared/data/glue --delta=0.1"
     )
 
@@ -162,12 +162,12 @@ def test_collecting_a_root_without_runs_keeps_the_tables(tmp_path) -> None:
     import subprocess
     import sys
 
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     table = tmp_path / "results" / "target.json"
     table.parent.mkdir()
     table.write_text('[{"run": "kept"}]')
-    command = [sys.executable, "experiments/sweep.py", "--sweep=target", "--collect_only"]
+    command = [sys.executable, "experiments/sweeps/sweep.py", "--sweep=target", "--collect_only"]
     result = subprocess.run(
         [*command, f"--root={tmp_path / 'empty'}", f"--results={table.parent}"],
         cwd=sweep.REPO,
@@ -180,7 +180,7 @@ def test_collecting_a_root_without_runs_keeps_the_tables(tmp_path) -> None:
 
 
 def test_a_new_root_adds_its_runs_to_the_committed_table() -> None:
-    from experiments import sweep
+    from experiments.sweeps import sweep
 
     runs = sweeps.get_sweep("reproduction")
     committed = [{"run": "cola-binary-s0", "early_exit": 9.4}, {"run": "gone", "early_exit": 0}]
@@ -197,7 +197,7 @@ def test_a_new_root_adds_its_runs_to_the_committed_table() -> None:
 
 
 def test_reproduction_table_reads_groups_and_judges_precision_by_two_standard_errors() -> None:
-    from experiments import reproduction_table
+    from experiments.sweeps import reproduction_table
 
     def run(group: str, early: float, flops: float) -> dict:
         return {
@@ -236,7 +236,7 @@ def test_reproduction_table_reads_groups_and_judges_precision_by_two_standard_er
 
 
 def test_dev_standard_errors_are_binomial_for_proportions_and_fisher_like_for_correlations():
-    from experiments import reproduction_table
+    from experiments.sweeps import reproduction_table
 
     # sqrt(0.5 * 0.5 / 100) = 0.05; (1 - 0.5^2) / sqrt(1500 - 1) = 0.01937...
     assert reproduction_table.dev_standard_error("accuracy", 50.0, 100) == 5.0
@@ -252,7 +252,7 @@ def test_dev_standard_errors_are_binomial_for_proportions_and_fisher_like_for_co
 
 
 def test_pretrained_table_judges_each_start_against_its_baseline_by_the_larger_standard_error():
-    from experiments import pretrained_table
+    from experiments.sweeps import pretrained_table
 
     def summary(start: str, early: float, std: float | None, n: int, steps: str = "") -> dict:
         return {

@@ -1,6 +1,6 @@
 """Prints the table of experiments/results/topic_reproduction.md from the committed sweep JSON.
 
-  python experiments/reproduction_table.py [--table=experiments/results/reproduction.json]
+  python experiments/sweeps/reproduction_table.py [--table=experiments/results/reproduction.json]
 
 One row per task and precision: early exit (mean ± std over seeds), each seed's early exit with
 its GLUE metrics, the last exit at its own best evaluation, mean exit block, FLOPs saved, and
@@ -18,7 +18,7 @@ from typing import Any
 
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from experiments.stats import (  # noqa: E402

@@ -2,7 +2,7 @@
 
 Run (a few minutes on a 2-core CPU), on a trained model and the real SST-2 dev set:
 
-  python experiments/bench_early_exit.py --workdir runs/sst2-short/export \
+  python experiments/benchmarks/bench_early_exit.py --workdir runs/sst2-short/export \
       --batch_sizes=8,32,256 --out experiments/results/bench_early_exit_sst2.json
 
 or, without --workdir, on the default (`small`) SST-2 model at random initialisation and random
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from beex_jax import early_exit, flops, predict
 from beex_jax import exits as ex
@@ -51,8 +51,8 @@ from experiments.machine import describe
 from experiments.paths import command_line
 
 _apply_policy = jax.jit(ex.apply_policy)
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_early_exit.json"
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"  # ../shared/data/glue
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_early_exit.json"
+GLUE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"  # ../shared/data/glue
 
 
 def sst2_dev_lengths(path: Path, max_length: int) -> np.ndarray:
@@ -115,7 +115,7 @@ def timed(fn, batches) -> float:
 
 def dev_batches(predictor, glue_dir: str, batch_size: int) -> list[dict[str, jax.Array]]:
     """The dev set batched as `Predictor` does (by length and bucket), with `num_rows` real."""
-    from experiments.bench_inference import dev_set
+    from experiments.benchmarks.bench_inference import dev_set
 
     texts, _ = dev_set(glue_dir, predictor.task)
     predictor.batch_size = batch_size

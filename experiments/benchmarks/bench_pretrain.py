@@ -2,7 +2,7 @@
 
 Run (about three minutes on a 2-core CPU, most of it compiling and building the corpus):
 
-  python experiments/bench_pretrain.py --glue_dir=../shared/data/glue
+  python experiments/benchmarks/bench_pretrain.py --glue_dir=../shared/data/glue
 
 What is measured, in one process, on the default device:
   step:   the jitted update of `beex_jax.pretrain` (BERT masking, MaskedLM forward with the tied
@@ -29,18 +29,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from beex_jax import loop, mlm, optim, pretrain
 from beex_jax.data import corpus
 from beex_jax.data import tokenizer as tokenizer_lib
 from beex_jax.model import ModelConfig
 from configs import pretrain as pretrain_config
-from experiments import bench_train
+from experiments.benchmarks import bench_train
 from experiments.machine import describe
 from experiments.paths import command_line, relative
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_pretrain.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_pretrain.json"
 
 
 class Step(bench_train.Step):

@@ -1,6 +1,6 @@
 """How much of a pretrained token table's sign pattern survives fine-tuning.
 
-  python experiments/sign_retention.py --source=runs/wv-imdb \
+  python experiments/probes/sign_retention.py --source=runs/wv-imdb \
       --runs=runs/sweeps/stsb-wvimdb-s0,runs/sweeps/stsb-wvimdb-slowtable-s0,runs/sweeps/stsb-scratch-imdbvocab-s0
 
 The binarized embedding the model sees is alpha * sign(W): its information is the sign pattern.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax import checkpointing, init_from  # noqa: E402

@@ -1,6 +1,6 @@
 """The word-vector stages of the `word_vectors` sweep, then their record.
 
-  python experiments/word_vector_stages.py --root=runs --glue_dir=../shared/data/glue
+  python experiments/sweeps/word_vector_stages.py --root=runs --glue_dir=../shared/data/glue
 
 Two stages of `--config.objective=word_vectors` (beex_jax/word_vectors.py), each with the
 vocabulary learned from its own corpus: `<root>/wv-glue` on the train text of every local GLUE
@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from experiments import machine  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
             }
         )
     out = {
-        "command": command_line(["experiments/word_vector_stages.py", *sys.argv[1:]]),
+        "command": command_line(["experiments/sweeps/word_vector_stages.py", *sys.argv[1:]]),
         "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count()},
         "load_average": os.getloadavg(),
         "stages": records,

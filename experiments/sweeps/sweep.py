@@ -1,6 +1,6 @@
 """Runs a sweep of training runs one after another (resumable) and tabulates their results.
 
-  python experiments/sweep.py --sweep=reproduction --root=runs/sweeps \
+  python experiments/sweeps/sweep.py --sweep=reproduction --root=runs/sweeps \
       --glue_dir=../shared/data/glue [--only=sst2-binary,rte-float] [--collect_only]
 
 Each run is `python -m beex_jax.main` in its own workdir `<root>/<run>` (shared by sweeps); a run
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax import evaluate, metrics  # noqa: E402

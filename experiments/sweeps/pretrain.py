@@ -1,6 +1,6 @@
 """Self-pretraining of the shared body for the `pretrained` sweep, then its record.
 
-  python experiments/pretrain.py --root=runs --glue_dir=../shared/data/glue
+  python experiments/sweeps/pretrain.py --root=runs --glue_dir=../shared/data/glue
 
 Two stages on the default corpus (the train text of every local GLUE task), both pre-LN:
 full-precision MLM (`<root>/pretrain-float`), then binarization-aware MLM initialised from it
@@ -10,7 +10,7 @@ stage's command, wall time, throughput and held-out masked-token accuracy per ev
 
 A probe of one lever changes config fields of every stage and writes its own record, e.g.
 
-  python experiments/pretrain.py --root=runs/probe-lr3e-3 --stages=pretrain-float \
+  python experiments/sweeps/pretrain.py --root=runs/probe-lr3e-3 --stages=pretrain-float \
       --overrides=optim.learning_rate=3e-3 --record=pretrain_lr3e-3
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax.data import corpus  # noqa: E402
@@ -68,7 +68,7 @@ COMMON = (
 def script_command() -> str:
     """This script's repo-relative command line, as the record names it."""
     command = (
-        f"python experiments/pretrain.py --root={relative(Path(_ROOT.value))} "
+        f"python experiments/sweeps/pretrain.py --root={relative(Path(_ROOT.value))} "
         f"--steps={_STEPS.value} --stages={','.join(_STAGES.value)}"
     )
     if _OVERRIDES.value:

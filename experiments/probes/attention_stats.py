@@ -1,5 +1,6 @@
 """How far a BEExformer body's attention reads: per block, the entropy of its attention weights
 and the share of them on the token itself and on its near neighbours, against uniform attention.
+A library of experiments/probes/attention_probe.py (and its tests), not run on its own.
 
 A body that has learned to read context concentrates attention (low entropy, often on nearby
 tokens); one that has not spreads it evenly over the row, i.e. computes a bag of words.

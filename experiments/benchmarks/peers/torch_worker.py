@@ -1,12 +1,16 @@
-"""The PyTorch side of experiments/bench_peers.py, run in the torch venv (no JAX needed).
+"""The PyTorch side of experiments/benchmarks/bench_peers.py, run in the torch venv (no JAX needed).
 
-  ../torchvenv/bin/python experiments/peers/torch_worker.py --export DIR --inputs inputs.npz
+  ../torchvenv/bin/python experiments/benchmarks/peers/torch_worker.py --export DIR \
+      --inputs inputs.npz
 
-Loads the export into `beexformer_torch.BEExformer`, eager and `torch.compile`d, and the input
-cases of inputs.npz (`<case>/<i>/input_ids`, `segment_ids`, `mask`: each case is a list of
-batches). Then it answers commands on stdin, one JSON line on stdout each:
+Loads the export into `beexformer_torch.BEExformer`, eager, `torch.compile`d, and compiled under
+bfloat16 autocast (the peer's best numerics on CPU), and the input cases of inputs.npz
+(`<case>/<i>/input_ids`, `segment_ids`, `mask`: each case is a list of batches). Then it answers
+commands on stdin, one JSON line on stdout each:
 
-  {"cmd": "logits", "out": PATH}   eager logits of every case's batches -> PATH (.npz)
+  {"cmd": "logits", "out": PATH[, "variant": NAME]}
+                                   float32 logits of every case's batches -> PATH (.npz), of the
+                                   variant (default torch_eager)
   {"cmd": "warmup"}                compiles every shape (torch.compile), runs eager once
   {"cmd": "time", "repeats": N}    per case and variant: median seconds of N passes over it
   {"cmd": "quit"}
@@ -48,6 +52,19 @@ def read_cases(path: str) -> dict[str, list[tuple[torch.Tensor, ...]]]:
     }
 
 
+class Autocast(torch.nn.Module):
+    """`model` under torch.autocast("cpu", bfloat16): matmuls in bf16, logits back in float32."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits [L, B, C] computed under bf16 autocast, as float32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(*inputs).float()
+
+
 def run_case(model, batches) -> float:
     """Seconds for one pass over a case's batches."""
     start = time.perf_counter()
@@ -65,20 +82,27 @@ def main() -> None:
     torch.set_grad_enabled(False)
     eager = beexformer_torch.load(args.export)
     # dynamic=False: a graph specialised to each shape, the fastest torch.compile offers here.
-    variants = {"torch_eager": eager, "torch_compile": torch.compile(eager, dynamic=False)}
+    variants = {
+        "torch_eager": eager,
+        "torch_compile": torch.compile(eager, dynamic=False),
+        "torch_compile_bf16": torch.compile(Autocast(eager), dynamic=False),
+    }
     cases = read_cases(args.inputs)
     info = {
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "compile": "torch.compile(model, dynamic=False): inductor, one graph per shape",
+        "compile_bf16": 'the same under torch.autocast("cpu", dtype=torch.bfloat16)',
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         with torch.inference_mode():
             if command["cmd"] == "logits":
+                model = variants[command.get("variant", "torch_eager")]
                 logits = {
-                    f"{case}/{i}": eager(*batch).numpy()
+                    f"{case}/{i}": model(*batch).float().numpy()
                     for case, batches in cases.items()
                     for i, batch in enumerate(batches)
                 }

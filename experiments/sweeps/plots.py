@@ -1,7 +1,7 @@
 """Plots for experiments/results: exit-policy Pareto fronts, exit histograms, training curves,
 and the fine-tuned dev metric against pretraining steps.
 
-  python experiments/plots.py [--policies=experiments/results/exit_policies.json] \
+  python experiments/sweeps/plots.py [--policies=experiments/results/exit_policies.json] \
       [--sweep=experiments/results/reproduction.json] \
       [--pretrained=experiments/results/pretrained.json] [--out=experiments/results]
 """
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from experiments.stats import baseline_start  # noqa: E402

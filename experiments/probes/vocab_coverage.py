@@ -1,6 +1,6 @@
 """How much of a task's dev text lands on rarely trained vocabulary entries, per vocabulary.
 
-  python experiments/vocab_coverage.py --tasks=stsb,rte,sst2 --min_frequencies=0,3 \
+  python experiments/probes/vocab_coverage.py --tasks=stsb,rte,sst2 --min_frequencies=0,3 \
       --glue_dir=../shared/data/glue --tfds_dir=runs/tfds
 
 For each task and `data.vocab_min_frequency`, learns the task's WordPiece vocabulary as training
@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax.data import glue_builder, pipeline, tokenizer  # noqa: E402
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
         print(row)
     command = [
         "python",
-        "experiments/vocab_coverage.py",
+        "experiments/probes/vocab_coverage.py",
         f"--tasks={','.join(_TASKS.value)}",
         f"--min_frequencies={','.join(_MIN_FREQUENCIES.value)}",
         f"--rare={_RARE.value}",

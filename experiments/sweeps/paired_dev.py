@@ -1,6 +1,6 @@
 """Paired comparison of fine-tuned models on the same GLUE dev examples.
 
-  python experiments/paired_dev.py --root=runs/sweeps --seeds=0,1 \
+  python experiments/sweeps/paired_dev.py --root=runs/sweeps --seeds=0,1 \
       --comparisons='sst2-pretrainedalibilong-s{seed}:sst2-scratch-alibi-s{seed}'
 
 Each comparison `A:B` names two sweep workdirs (`{seed}` filled from --seeds; the same seed pairs
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import beex_jax  # noqa: E402

@@ -2,7 +2,7 @@
 
 Run (a few minutes on a 2-core CPU, most of it compiling):
 
-  python experiments/bench_train.py
+  python experiments/benchmarks/bench_train.py
 
 What is measured, in one process, on the default device:
   step:    the jitted, state-donating update of `beex_jax.train` (forward through every exit,
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from beex_jax import flops, loop, optim, train
 from beex_jax.data import tokenizer
@@ -44,7 +44,7 @@ from configs import glue
 from experiments.machine import describe
 from experiments.paths import command_line
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_train.json"
 
 
 def random_batch(rng: np.random.Generator, batch: int, length: int, vocab: int) -> dict:

@@ -9,7 +9,8 @@ full-precision) model:
       --config.data.glue_dir=../shared/data/glue --config.data.tfds_dir=runs/tfds \
       --config.model.binarize=False
   python -m beex_jax.main --mode=export --workdir runs/sst2          # -> runs/sst2/export
-  python experiments/bench_inference.py --workdir runs/sst2/export --float_workdir runs/sst2_float
+  python experiments/benchmarks/bench_inference.py --workdir runs/sst2/export \
+      --float_workdir runs/sst2_float
 
 `--workdir` may be a training workdir or an export (the packed 1-bit model, which is what one
 deploys); `--latent_workdir` (optional) is the training workdir of the same model, whose latent
@@ -44,16 +45,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from beex_jax import predict
 from beex_jax.data import glue_builder
 from experiments.machine import describe
 from experiments.paths import command_line
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_inference.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_inference.json"
 DEFAULT_GLUE = os.environ.get(
-    "BEEX_GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+    "BEEX_GLUE_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data" / "glue")
 )
 
 
@@ -104,6 +105,7 @@ def model_info(predictor) -> dict:
         "binarize": predictor.model_config.binarize,
         "packed_weights": predictor.model_config.packed_weights,
         "activation_dtype": str(predictor.model_config.activation_dtype),
+        "compute_dtype": predictor.model_config.compute_dtype,  # model.dtype as resolved here.
         "chunk": {
             k: getattr(predictor.exit_config, k)
             for k in ("chunk_size", "chunk_tokens", "min_chunks")

@@ -1,6 +1,6 @@
 """Exit policies compared on the same trained models, at matched mean FLOPs.
 
-  python experiments/exit_policies.py --workdirs=runs/sweeps/reproduction/sst2-binary \
+  python experiments/probes/exit_policies.py --workdirs=runs/sweeps/reproduction/sst2-binary \
       [--glue_dir=../shared/data/glue] [--out=experiments/results/exit_policies.json]
 
 For each trained model (its best checkpoint) the logits of every exit on the dev set are computed
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax import checkpointing, data, early_exit, flops, metrics  # noqa: E402

@@ -1,4 +1,4 @@
-"""BEExformer in PyTorch, reading a beex-jax export: the peer that experiments/bench_peers.py times.
+"""BEExformer in PyTorch, reading a beex-jax export: the peer that bench_peers.py times.
 
 It needs only torch and numpy (no JAX), in a venv of its own, not requirements.txt's:
 

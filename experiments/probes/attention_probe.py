@@ -1,6 +1,6 @@
 """Does a pretrained body read context? Attention entropy and locality per block, on held-out text.
 
-  python experiments/attention_probe.py \
+  python experiments/probes/attention_probe.py \
       --workdirs=runs/pretrain-long/pretrain-float,runs/pretrain-electra/pretrain-float \
       --glue_dir=../shared/data/glue [--rows=64] [--window=2]
 
@@ -8,7 +8,7 @@ For each pretraining workdir (its latest checkpoint, its own vocabulary and mode
 the same model with fresh parameters (seed 0), feeds the held-out rows of the pretraining corpus
 (GLUE dev text packed into rows, as the held-out MLM metrics use) and records per block the
 attention entropy and the share on the token itself and its `window` neighbours either side,
-each beside its value for uniform attention (experiments/attention_stats.py). Writes
+each beside its value for uniform attention (experiments/probes/attention_stats.py). Writes
 experiments/results/attention_probe.json.
 """
 
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beex_jax import init_from  # noqa: E402
@@ -30,8 +30,9 @@ from beex_jax.data import corpus  # noqa: E402
 from beex_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from beex_jax.mlm import init_params as init_body  # noqa: E402
 from beex_jax.model import ModelConfig  # noqa: E402
-from experiments import attention_stats, machine  # noqa: E402
+from experiments import machine  # noqa: E402
 from experiments.paths import command_line, relative  # noqa: E402
+from experiments.probes import attention_stats  # noqa: E402
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Pretraining workdirs to probe.")
 _GLUE_DIR = flags.DEFINE_string("glue_dir", "../shared/data/glue", "Local GLUE folder.")

@@ -2,7 +2,7 @@
 
 Run (3-5 minutes on a busy 2-core CPU; the first run also prepares SST-2 and learns its vocab):
 
-  python experiments/bench_input.py --glue_dir ../shared/data/glue
+  python experiments/benchmarks/bench_input.py --glue_dir ../shared/data/glue
 
 What is measured, in one process:
   pipeline, cold:  `data.create_input` on prepared SST-2 with its cached learned vocabulary (read
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from beex_jax import data, loop, optim, train
 from beex_jax.model import BEExformer, ModelConfig, init_params
 from configs import glue
 from experiments.paths import command_line
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_input.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_input.json"
 
 
 def bench_pipeline(config) -> tuple[dict, data.GlueInput]:
@@ -116,7 +116,7 @@ def main() -> None:
     """Runs both halves and writes the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--glue_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+        "--glue_dir", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" / "glue")
     )
     parser.add_argument("--tfds_dir", default=os.path.join(tempfile.gettempdir(), "beex_tfds"))
     parser.add_argument("--steps", type=int, default=50, help="Timed training steps.")

@@ -1,6 +1,7 @@
 """Prints the table of experiments/results/topic_self_pretraining.md from the committed sweep JSON.
 
-  python experiments/pretrained_table.py [--summaries=experiments/results/pretrained_seeds.json]
+  python experiments/sweeps/pretrained_table.py \
+      [--summaries=experiments/results/pretrained_seeds.json]
 
 Per task and precision, every fine-tuning start (a pretrained body, a checkpoint of it, a gentler
 or frozen body) against its baseline (`experiments.stats.baseline_start`: the same model from
@@ -19,7 +20,7 @@ from typing import Any
 
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from experiments.stats import (  # noqa: E402
