@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +135,8 @@ class Workload:
         return (time.perf_counter() - start) / calls
 
 
-def glue_training(args, dtype: str, remat: str) -> tuple[Workload, ModelConfig]:
+def glue_training(args, dtype: str, remat: str) -> tuple[Workload, ModelConfig, Any]:
+    """The GLUE training step of one mode, compiled: (workload, model config, optimizer)."""
     config = glue.get_config(f"task=sst2,size={args.size}").copy_and_resolve_references()
     config.model.vocab_size = args.vocab_size
     config.model.dtype = dtype
@@ -155,7 +157,7 @@ def glue_training(args, dtype: str, remat: str) -> tuple[Workload, ModelConfig]:
         "weight": np.ones(args.glue_batch, np.float32),
     }
     work = Workload(jax.jit(update, donate_argnums=(0,)), state, (jax.device_put(batch),), True)
-    return work, model_config
+    return work, model_config, tx
 
 
 def random_ids(batch: int, length: int, vocab_size: int) -> dict[str, np.ndarray]:
@@ -230,7 +232,7 @@ def main() -> None:
     workloads, parts, configs = {}, {}, {}
     for dtype in dtypes:
         for remat in args.remats.split(","):
-            work, cfg = glue_training(args, dtype, remat)
+            work, cfg, _ = glue_training(args, dtype, remat)
             workloads[f"glue_train/{dtype}/remat={remat}"] = work
             configs["glue_train"] = cfg
             work, cfg, predictions = mlm_training(args, dtype, remat)
